@@ -1,0 +1,53 @@
+"""Engine options shared by every task's config (devices, precision, checkpoints, logging)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class EngineConfig:
+    """How to run a training loop; every task config has one under the key ``engine``.
+
+    Attributes:
+        device: ``auto`` (GPU when present), ``cpu`` or ``cuda``.
+        precision: ``fp32``, ``bf16`` or ``fp16`` autocast (fp16 adds a gradient scaler).
+        grad_accum_steps: micro-batches accumulated per optimizer step.
+        grad_clip: max global gradient norm; 0 disables clipping.
+        seed: seed of every random generator (python, numpy, torch, data order).
+        log_every: optimizer steps between metric log lines.
+        ckpt_every: optimizer steps between periodic checkpoints; 0 = only the final one.
+        keep_last: periodic checkpoints kept on disk (older ones are deleted).
+        progress: show a progress bar (falls back to log lines without a terminal).
+        tensorboard: also write TensorBoard events when the package is installed.
+        compile: wrap models with ``torch.compile``.
+        num_workers: data-loader worker processes.
+    """
+
+    device: str = "auto"
+    precision: str = "fp32"
+    grad_accum_steps: int = 1
+    grad_clip: float = 0.0
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 0
+    keep_last: int = 2
+    progress: bool = True
+    tensorboard: bool = True
+    compile: bool = False
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        from medlearn.errors import ConfigError
+
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"engine.precision='{self.precision}' is not one of {', '.join(PRECISIONS)}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"engine.device='{self.device}' is not one of {', '.join(DEVICES)}")
+        if self.grad_accum_steps < 1:
+            raise ConfigError(f"engine.grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
+        if self.grad_clip < 0:
+            raise ConfigError(f"engine.grad_clip must be >= 0, got {self.grad_clip}")
