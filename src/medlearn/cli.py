@@ -60,16 +60,32 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         t0 = time.time()
         summary = tasks[name].run_demo(out / name, report, fresh=args.fresh) or {}
         dt = time.time() - t0
-        timings.append({"task": name, "seconds": round(dt, 1), **{k: v for k, v in summary.items() if not isinstance(v, (dict, list))}})
+        timings.append(
+            {
+                "task": name,
+                "seconds": round(dt, 1),
+                **{k: v for k, v in summary.items() if not isinstance(v, (dict, list))},
+            }
+        )
         print(f"== demo: {name} done in {dt:.1f} s ==", flush=True)
     if not wanted:
         print("no task is built yet; registered tasks: none")
     env = environment_info()
-    report.section("Overview").table(timings or [{"task": "(none)", "seconds": 0}], caption="tasks and wall time")
+    report.section("Overview").table(
+        timings or [{"task": "(none)", "seconds": 0}], caption="tasks and wall time"
+    )
     envsec = report.section("Environment")
     envsec.table([{"library": k, "version": v} for k, v in env["libraries"].items()], caption="libraries")
     envsec.table(
-        [{"python": env["python"], "platform": env["platform"], "cpus": env["cpu_count"], "gpus": len(env["gpus"]), "git": env["git"]}],
+        [
+            {
+                "python": env["python"],
+                "platform": env["platform"],
+                "cpus": env["cpu_count"],
+                "gpus": len(env["gpus"]),
+                "git": env["git"],
+            }
+        ],
         caption="machine",
     )
     path = report.write(out / "report.html")
@@ -93,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo = sub.add_parser("demo", help="run every task's demo on synthetic data and write one report")
     p_demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p_demo.add_argument("--tasks", default="", help="comma-separated subset, e.g. mrsi,itl")
-    p_demo.add_argument("--fresh", action="store_true", help="recompute everything instead of reusing outputs")
+    p_demo.add_argument(
+        "--fresh", action="store_true", help="recompute everything instead of reusing outputs"
+    )
     p_demo.set_defaults(func=_cmd_demo)
     for name, mod in tasks.items():
         p_task = sub.add_parser(name, help=getattr(mod, "HELP", name))

@@ -9,7 +9,9 @@ import logging
 def add_config_args(parser: argparse.ArgumentParser, default_config: str | None = None) -> None:
     """``--config FILE`` and trailing ``key=value`` overrides."""
     parser.add_argument("--config", default=default_config, help="YAML preset (configs/<task>/*.yaml)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. optim.lr=2e-4")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. optim.lr=2e-4"
+    )
 
 
 def setup_logging(verbose: bool = False) -> None:

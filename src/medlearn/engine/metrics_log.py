@@ -31,7 +31,11 @@ class MetricLogger:
     """
 
     def __init__(
-        self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True, filename: str = "metrics.jsonl"
+        self,
+        run_dir: str | Path,
+        enabled: bool = True,
+        tensorboard: bool = True,
+        filename: str = "metrics.jsonl",
     ) -> None:
         self.path = Path(run_dir) / filename
         self.enabled = enabled

@@ -68,7 +68,9 @@ def environment_info() -> dict[str, Any]:
     }
 
 
-def prepare_run_dir(out: str | Path, cfg: Any, seed: int, device: str | None = None, is_main: bool = True) -> Path:
+def prepare_run_dir(
+    out: str | Path, cfg: Any, seed: int, device: str | None = None, is_main: bool = True
+) -> Path:
     """Create ``out`` and write ``config.yaml`` (resolved) and ``env.json`` (provenance) into it."""
     out = Path(out)
     if is_main:

@@ -24,7 +24,13 @@ class ResumableSampler(Sampler[int]):
     """
 
     def __init__(
-        self, n: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1, drop_last: bool = False
+        self,
+        n: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
     ) -> None:
         if n <= 0:
             raise ValueError("ResumableSampler needs a non-empty dataset")

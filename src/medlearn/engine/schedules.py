@@ -12,7 +12,9 @@ from medlearn.errors import ConfigError
 SCHEDULES = ("constant", "cosine", "step")
 
 
-def cosine_with_warmup_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:
+def cosine_with_warmup_factor(
+    step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.0
+) -> float:
     """LR multiplier: linear 0 -> 1 over ``warmup_steps``, then cosine 1 -> ``min_ratio`` at ``total_steps``."""
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps

@@ -36,7 +36,9 @@ class GracefulStop:
             raise KeyboardInterrupt
         self.requested = True
         self.signum = signum
-        log.warning("received %s: finishing the current step and writing a checkpoint", signal.Signals(signum).name)
+        log.warning(
+            "received %s: finishing the current step and writing a checkpoint", signal.Signals(signum).name
+        )
 
     def __enter__(self) -> GracefulStop:
         if threading.current_thread() is threading.main_thread():

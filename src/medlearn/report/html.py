@@ -68,7 +68,9 @@ class Section:
         for r in rows:
             cols.extend(c for c in r if c not in cols)
         head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
-        body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c, ''))}</td>" for c in cols) + "</tr>" for r in rows)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{_fmt(r.get(c, ''))}</td>" for c in cols) + "</tr>" for r in rows
+        )
         cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
         self.blocks.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         return self
@@ -82,13 +84,18 @@ class Section:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"report image '{path}' does not exist")
-        mime = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}.get(
-            path.suffix.lower(), "application/octet-stream"
-        )
+        mime = {
+            ".png": "image/png",
+            ".jpg": "image/jpeg",
+            ".jpeg": "image/jpeg",
+            ".svg": "image/svg+xml",
+        }.get(path.suffix.lower(), "application/octet-stream")
         data = base64.b64encode(path.read_bytes()).decode("ascii")
         style = f" style='width:{width}px'" if width else ""
         cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
-        self.blocks.append(f"<figure><img{style} alt='{html.escape(caption or path.name)}' src='data:{mime};base64,{data}'>{cap}</figure>")
+        self.blocks.append(
+            f"<figure><img{style} alt='{html.escape(caption or path.name)}' src='data:{mime};base64,{data}'>{cap}</figure>"
+        )
         return self
 
 
@@ -114,7 +121,8 @@ class Report:
     def render(self) -> str:
         nav = " ".join(f"<a href='#{s.anchor}'>{html.escape(s.title)}</a>" for s in self.sections)
         body = "".join(
-            f"<section id='{s.anchor}'><h2>{html.escape(s.title)}</h2>{''.join(s.blocks)}</section>" for s in self.sections
+            f"<section id='{s.anchor}'><h2>{html.escape(s.title)}</h2>{''.join(s.blocks)}</section>"
+            for s in self.sections
         )
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         return (
