@@ -27,7 +27,7 @@ demo: $(STAMP)
 	$(VENV)/bin/medlearn demo --out $(DEMO_OUT) $(DEMO_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check .
 
 test: $(STAMP) lint
 	$(VENV)/bin/python -m pytest -q tests
