@@ -27,6 +27,22 @@ figure img{max-width:100%;border:1px solid #ddd}figcaption{font-size:.85em;color
 .note{color:#555;font-size:.9em}pre{background:#f6f6f6;padding:.5em;overflow-x:auto}
 """
 
+# After load, record on <body> how many images and sections rendered and which images failed, so a
+# headless browser (tests/report/test_browser.py) can check the page without a driver.
+_STATUS_JS = """
+window.addEventListener('load', function () {
+  var imgs = document.images, bad = [];
+  for (var i = 0; i < imgs.length; i++) {
+    if (!(imgs[i].complete && imgs[i].naturalWidth > 0)) { bad.push(imgs[i].alt); }
+  }
+  var b = document.body;
+  b.setAttribute('data-images', String(imgs.length));
+  b.setAttribute('data-broken', bad.join('|'));
+  b.setAttribute('data-sections', String(document.querySelectorAll('section').length));
+  b.setAttribute('data-ready', '1');
+});
+"""
+
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
@@ -128,7 +144,7 @@ class Report:
         return (
             f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
             f"<style>{_CSS}</style></head><body><h1>{html.escape(self.title)}</h1>"
-            f"<p class='note'>generated {stamp}</p><nav>{nav}</nav>{body}</body></html>"
+            f"<p class='note'>generated {stamp}</p><nav>{nav}</nav>{body}<script>{_STATUS_JS}</script></body></html>"
         )
 
     def write(self, path: str | Path) -> Path:
