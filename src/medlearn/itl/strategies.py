@@ -1,0 +1,196 @@
+"""Continual-learning strategies as loss functions inside one phase loop.
+
+Each strategy answers the same questions for the loop in :mod:`medlearn.itl.train`:
+
+* which data phase k trains on (``cumulative``: joint training on sites 0..k);
+* whether the model is reset before each phase (``individual``);
+* whether it uses the exemplar memory;
+* ``loss(...)`` for one step, given the new-site batch and (maybe) an exemplar batch.
+
+| strategy   | data of phase k | memory | extra term                                             |
+| ---------- | --------------- | ------ | ------------------------------------------------------ |
+| individual | site k, fresh model | no | -                                                      |
+| joint      | sites 0..k      | no     | - (upper bound)                                        |
+| sequential | site k          | no     | - (lower bound)                                        |
+| replay     | site k          | yes    | exemplars in the batch                                 |
+| lwf        | site k          | no     | KL to the previous model's outputs (temperature T)      |
+| ewc        | site k          | no     | Fisher-weighted distance to the previous weights        |
+| itl        | site k          | yes    | feature mixing, source decoder, site-level KL (ASSUMPTIONs) |
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from medlearn.itl.config import ITLConfig, ITLOptions
+from medlearn.itl.losses import dice_ce, ewc_penalty, kl_distill, one_hot
+from medlearn.itl.model import MultiSiteExpert
+
+USES_MEMORY = {"replay", "itl"}
+
+
+def mix_features(z_old: list[Tensor], z_new: list[Tensor], lam: Tensor) -> list[Tensor]:
+    """Convex mix ``lam * z_old + (1 - lam) * z_new`` at every encoder level (ITL ASSUMPTION).
+
+    Args:
+        z_old, z_new: lists of (M, C_l, H_l, W_l) feature maps (same shapes).
+        lam: (M,) mixing weights in [0, 1].
+    """
+    return [lam.view(-1, 1, 1, 1) * a + (1 - lam.view(-1, 1, 1, 1)) * b for a, b in zip(z_old, z_new)]
+
+
+def site_weights(site_ids: Tensor, n_sites: int, mode: str) -> Tensor:
+    """(n_sites,) weights of the site-level loss: ``uniform`` over present sites, or ``size`` ~ count."""
+    counts = torch.bincount(site_ids, minlength=n_sites).float()
+    present = (counts > 0).float()
+    w = present if mode == "uniform" else counts
+    return w / w.sum().clamp_min(1e-8)
+
+
+def itl_loss(
+    model: MultiSiteExpert,
+    x_new: Tensor,
+    y_new: Tensor,
+    x_mem: Tensor | None,
+    y_mem: Tensor | None,
+    site_mem: Tensor | None,
+    opts: ITLOptions,
+    rng: np.random.Generator,
+) -> tuple[Tensor, dict[str, float]]:
+    """ITL objective ``L_target + alpha * L_source + beta * L_site`` for one step.
+
+    Args:
+        x_new: (B, C, H, W), y_new: (B, H, W) current-site batch.
+        x_mem: (M, C, H, W), y_mem: (M, H, W), site_mem: (M,) exemplar batch (or None in phase 0).
+        opts: ``ITLOptions``.
+        rng: per-step generator (mixing weights and pairing).
+    Returns:
+        total loss and a dict of its terms.
+    """
+    size = tuple(x_new.shape[-2:])
+    if x_mem is None or x_mem.shape[0] == 0:
+        logits = model(x_new)
+        loss = dice_ce(logits, y_new)
+        return loss, {"l_target": float(loss.detach())}
+    b = x_new.shape[0]
+    feats = model.encode(torch.cat([x_new, x_mem]))
+    f_new = [f[:b] for f in feats]
+    f_mem = [f[b:] for f in feats]
+    y_all = torch.cat([y_new, y_mem])
+    logits_all = model.decode(feats, size)
+    l_target = dice_ce(logits_all, y_all)
+    logs: dict[str, float] = {}
+    if opts.feature_mix:
+        m = x_mem.shape[0]
+        pair = torch.as_tensor(rng.integers(0, b, size=m), device=x_new.device)
+        lam = torch.as_tensor(
+            rng.beta(opts.mix_beta, opts.mix_beta, size=m), dtype=x_new.dtype, device=x_new.device
+        )
+        mixed = mix_features(f_mem, [f[pair] for f in f_new], lam)
+        k = model.target_decoder.head.out_channels
+        soft = lam.view(-1, 1, 1, 1) * one_hot(y_mem, k) + (1 - lam.view(-1, 1, 1, 1)) * one_hot(
+            y_new[pair], k
+        )
+        l_mix = dice_ce(model.decode(mixed, size), soft)
+        l_target = l_target + opts.mix_weight * l_mix
+        logs["l_mix"] = float(l_mix.detach())
+    total = l_target
+    logs["l_target"] = float(l_target.detach())
+    if opts.source_mode != "none":
+        src = model.decode(f_mem, size, head="source")
+        l_source = dice_ce(src, y_mem)
+        tgt_mem = logits_all[b:]
+        n_sites = int(site_mem.max()) + 1
+        w = site_weights(site_mem, n_sites, opts.site_weights)
+        l_site = x_new.new_zeros(())
+        for s in range(n_sites):
+            sel = site_mem == s
+            if sel.any():
+                l_site = l_site + w[s] * kl_distill(tgt_mem[sel], src[sel].detach(), opts.temperature)
+        total = total + opts.alpha * l_source + opts.beta * l_site
+        logs.update(l_source=float(l_source.detach()), l_site=float(l_site.detach()))
+    return total, logs
+
+
+class EWCState:
+    """Accumulated (online) diagonal Fisher and the anchor weights of the last phase."""
+
+    def __init__(self) -> None:
+        self.fisher: dict[str, Tensor] = {}
+        self.anchors: dict[str, Tensor] = {}
+
+    def update(self, model: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> None:
+        """Add the empirical Fisher of the Dice+CE loss over ``batches`` and re-anchor to the current weights."""
+        named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        fisher = {n: torch.zeros_like(p) for n, p in named.items()}
+        was = model.training
+        model.eval()
+        total = 0
+        for x, y in batches:
+            model.zero_grad(set_to_none=True)
+            dice_ce(model(x), y).backward()
+            for n, p in named.items():
+                if p.grad is not None:
+                    fisher[n] += p.grad.detach() ** 2 * x.shape[0]
+            total += x.shape[0]
+        model.zero_grad(set_to_none=True)
+        model.train(was)
+        for n, f in fisher.items():
+            f /= max(total, 1)
+            self.fisher[n] = self.fisher[n] + f if n in self.fisher else f
+        self.anchors = {n: p.detach().clone() for n, p in named.items()}
+
+    def penalty(self, model: nn.Module) -> Tensor:
+        if not self.fisher:
+            return next(model.parameters()).new_zeros(())
+        return ewc_penalty(dict(model.named_parameters()), self.anchors, self.fisher)
+
+    def state_dict(self) -> dict:
+        return {"fisher": self.fisher, "anchors": self.anchors}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.fisher, self.anchors = dict(state["fisher"]), dict(state["anchors"])
+
+
+def step_loss(
+    strategy: str,
+    model: MultiSiteExpert,
+    batch_new: tuple[Tensor, Tensor],
+    batch_mem: tuple[Tensor, Tensor, Tensor] | None,
+    teacher: nn.Module | None,
+    ewc: EWCState | None,
+    cfg: ITLConfig,
+    rng: np.random.Generator,
+) -> tuple[Tensor, dict[str, float]]:
+    """The loss of one optimisation step of ``strategy`` (see the module table).
+
+    Args:
+        batch_new: (x (B, C, H, W), y (B, H, W)).
+        batch_mem: (x (M, C, H, W), y (M, H, W), site index (M,)) or None.
+        teacher: frozen previous model (LwF) or None.
+        ewc: EWC state (EWC) or None.
+        cfg: the whole ``ITLConfig`` (train and itl options).
+    """
+    x, y = batch_new
+    tc = cfg.train
+    if strategy == "itl":
+        xm, ym, sm = batch_mem if batch_mem is not None else (None, None, None)
+        return itl_loss(model, x, y, xm, ym, sm, cfg.itl, rng)
+    if strategy == "replay" and batch_mem is not None:
+        x, y = torch.cat([x, batch_mem[0]]), torch.cat([y, batch_mem[1]])
+    logits = model(x)
+    loss = dice_ce(logits, y)
+    logs = {"l_seg": float(loss.detach())}
+    if strategy == "lwf" and teacher is not None:
+        with torch.no_grad():
+            t_logits = teacher(x)
+        l_kd = kl_distill(logits, t_logits, tc.lwf_temperature)
+        loss = loss + tc.lwf_weight * l_kd
+        logs["l_kd"] = float(l_kd.detach())
+    if strategy == "ewc" and ewc is not None and ewc.fisher:
+        pen = ewc.penalty(model)
+        loss = loss + 0.5 * tc.ewc_lambda * pen
+        logs["l_ewc"] = float(pen.detach())
+    return loss, logs

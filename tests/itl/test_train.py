@@ -1,0 +1,184 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from medlearn.itl.config import STRATEGIES
+from medlearn.itl.memory import ExemplarMemory, herding
+from medlearn.itl.model import MultiSiteExpert, count_parameters
+from medlearn.itl.strategies import itl_loss, mix_features, site_weights
+from medlearn.itl.train import run_sequence
+
+from .conftest import tiny_cfg
+
+
+def test_finished_run_outputs_and_constant_params(finished_run):
+    out, res = finished_run
+    assert res["sites"] == ["RUNMC", "BMC"] and np.array(res["R"]).shape == (2, 2)
+    fresh = MultiSiteExpert("resnet18", 1, 8, [32, 16, 8, 8, 8])
+    assert res["params_per_phase"] == [count_parameters(fresh)] * 2
+    assert len(res["heldout"]) == 2 and "hd95" in res["heldout"][0]["HK"]
+    for k in ("ACC", "BWT", "forgetting", "FWT"):
+        assert np.isfinite(res[k])
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary)[0] == "foreground_mean"
+    assert {m["case"].split("/")[0] for m in summary["metric_per_case"]} == {"RUNMC", "BMC", "HK"}
+    assert (out / "checkpoints" / "phase_00" / "model_model.safetensors").is_file()
+    assert (out / "config.yaml").is_file() and (out / "metrics.jsonl").is_file()
+
+
+def test_resume_after_phase_equals_uninterrupted(site_root, tmp_path):
+    common = [f"data.cache_dir={tmp_path / 'cache'}", "data.sites=[RUNMC,BMC,I2CVB]", "train.strategy=itl"]
+    full = run_sequence(tiny_cfg(site_root, tmp_path / "full", *common))
+    part = run_sequence(tiny_cfg(site_root, tmp_path / "part", *common), stop_after_phase=0)
+    assert part == {"stopped": True, "phase": 0, "step": 0}
+    assert not (tmp_path / "part" / "checkpoints" / "phase_01").exists()
+    resumed = run_sequence(tiny_cfg(site_root, tmp_path / "part", *common))
+    assert resumed["R"] == full["R"]
+    assert json.dumps(resumed["heldout"]) == json.dumps(full["heldout"])  # NaN-safe comparison
+    a = load_file(str(tmp_path / "full" / "checkpoints" / "final" / "model_model.safetensors"))
+    b = load_file(str(tmp_path / "part" / "checkpoints" / "final" / "model_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("strategy", [s for s in STRATEGIES if s != "itl"])
+def test_every_strategy_runs_two_phases(site_root, tmp_path, strategy):
+    cfg = tiny_cfg(
+        site_root,
+        tmp_path / strategy,
+        f"train.strategy={strategy}",
+        "train.steps_per_phase=2",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.heldout=[]",
+        "train.selection=herding",
+    )
+    res = run_sequence(cfg)
+    assert np.array(res["R"]).shape == (2, 2) and len(set(res["params_per_phase"])) == 1
+
+
+def test_mix_features_is_convex():
+    a = [torch.ones(2, 3, 4, 4), torch.zeros(2, 1, 2, 2)]
+    b = [torch.zeros(2, 3, 4, 4), torch.ones(2, 1, 2, 2)]
+    lam = torch.tensor([0.25, 1.0])
+    m = mix_features(a, b, lam)
+    assert torch.allclose(m[0][0], torch.full((3, 4, 4), 0.25)) and torch.allclose(
+        m[1][1], torch.zeros(1, 2, 2)
+    )
+    w = site_weights(torch.tensor([0, 0, 0, 2]), 3, "uniform")
+    assert w.tolist() == [0.5, 0.0, 0.5]
+    assert site_weights(torch.tensor([0, 0, 0, 2]), 3, "size").tolist() == [0.75, 0.0, 0.25]
+
+
+def test_itl_loss_terms_and_switches():
+    from medlearn.itl.config import ITLOptions
+
+    torch.manual_seed(0)
+    m = MultiSiteExpert("resnet18", 1, 4, [8, 8, 4, 4, 4])
+    x, y = torch.randn(3, 1, 32, 32), torch.randint(0, 2, (3, 32, 32))
+    xm, ym, sm = torch.randn(2, 1, 32, 32), torch.randint(0, 2, (2, 32, 32)), torch.tensor([0, 1])
+    rng = np.random.default_rng(0)
+    _, logs = itl_loss(m, x, y, xm, ym, sm, ITLOptions(), rng)
+    assert {"l_target", "l_mix", "l_source", "l_site"} <= set(logs)
+    _, logs = itl_loss(m, x, y, xm, ym, sm, ITLOptions(feature_mix=False, source_mode="none"), rng)
+    assert set(logs) == {"l_target"}
+    # source decoder identical to target decoder and frozen: site-level KL is zero
+    m.sync_source_from_target()
+    m.eval()
+    _, logs = itl_loss(m, x, y, xm, ym, sm, ITLOptions(feature_mix=False), rng)
+    assert logs["l_site"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_herding_against_brute_force():
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(7, 3))
+    mu = f.mean(0)
+    chosen = herding(f, 3)
+    # brute force of the greedy rule
+    ref, acc = [], np.zeros(3)
+    for i in range(1, 4):
+        d = [np.inf if j in ref else np.linalg.norm((acc + f[j]) / i - mu) for j in range(7)]
+        ref.append(int(np.argmin(d)))
+        acc += f[ref[-1]]
+    assert chosen == ref and len(set(chosen)) == 3
+    assert len(herding(f, 10)) == 7
+
+
+def test_memory_budget_and_state_roundtrip():
+    class C:
+        def __init__(self, name):
+            self.case, self.mask = name, np.ones((5, 2, 2), np.uint8)
+            self.image = np.zeros((5, 2, 2), np.float32)
+
+    from medlearn.itl.data import SliceSet
+
+    ss = SliceSet([C("Case00"), C("Case01")], 1, 0)
+    mem = ExemplarMemory(per_site=4)
+    mem.add_site("A", ss, np.random.default_rng(0))
+    mem.add_site("B", ss, np.random.default_rng(1))
+    assert len(mem) == 8 and mem.sites == ["A", "B"]
+    other = ExemplarMemory(4)
+    other.load_state_dict(json.loads(json.dumps(mem.state_dict())))
+    assert other.items == mem.items
+    sset, sites = other.as_slice_set({"A": ss.cases, "B": ss.cases}, 1)
+    assert len(sset) == 8 and sites.tolist() == [0] * 4 + [1] * 4
+
+
+def test_resume_mid_phase_from_step_checkpoint(site_root, tmp_path):
+    import shutil
+
+    common = [
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "train.strategy=lwf",
+        "train.steps_per_phase=4",
+        "engine.ckpt_every=2",
+    ]
+    full = run_sequence(tiny_cfg(site_root, tmp_path / "full", *common))
+    ck = tmp_path / "full" / "checkpoints"
+    mid = sorted(p.name for p in ck.glob("step_*"))[-1]  # phase 1, step 2 (LwF: holds the teacher too)
+    assert (ck / mid / "model_teacher.safetensors").is_file()
+    part = tmp_path / "part" / "checkpoints"
+    part.mkdir(parents=True)
+    shutil.copytree(ck / mid, part / mid)
+    (part / "LATEST").write_text(mid)
+    resumed = run_sequence(tiny_cfg(site_root, tmp_path / "part", *common))
+    a = load_file(str(ck / "final" / "model_model.safetensors"))
+    b = load_file(str(part / "final" / "model_model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    assert resumed["R"] == full["R"]
+
+
+def test_graceful_stop_mid_phase_then_resume(site_root, tmp_path, monkeypatch):
+    import medlearn.itl.train as train_mod
+    from medlearn.engine import GracefulStop
+
+    class StopAfter(GracefulStop):
+        """Behaves as if SIGTERM arrived during the 6th optimisation step (phase 1, step 2)."""
+
+        polls = 0
+
+        @property
+        def requested(self):
+            StopAfter.polls += 1
+            return StopAfter.polls >= 6
+
+        @requested.setter
+        def requested(self, value):
+            pass
+
+    common = [f"data.cache_dir={tmp_path / 'cache'}", "train.strategy=replay", "train.steps_per_phase=4"]
+    full = run_sequence(tiny_cfg(site_root, tmp_path / "full", *common))
+    monkeypatch.setattr(train_mod, "GracefulStop", StopAfter)
+    stopped = run_sequence(tiny_cfg(site_root, tmp_path / "part", *common))
+    assert stopped == {"stopped": True, "phase": 1, "step": 2}
+    monkeypatch.setattr(train_mod, "GracefulStop", GracefulStop)
+    resumed = run_sequence(tiny_cfg(site_root, tmp_path / "part", *common))
+    assert resumed["R"] == full["R"]
+    a = load_file(str(tmp_path / "full" / "checkpoints" / "final" / "model_model.safetensors"))
+    b = load_file(str(tmp_path / "part" / "checkpoints" / "final" / "model_model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
