@@ -1,0 +1,182 @@
+"""The Multi-Conditional Module (MCM) and the conditioning layers of the baselines.
+
+Dong et al., "Multi-scale Super-resolution Magnetic Resonance Spectroscopic Imaging with Adjustable
+Sharpness", MICCAI 2022 (arXiv 2206.08984).  Our implementation of the layer shapes described in
+``specs/mrsi.md`` sections 1, 4 and 6:
+
+* :class:`FilterScaling` - condition (n) or (n, metabolite) -> one scale per (out, in) kernel pair.
+* :class:`HyperKernel` - condition n -> a whole convolution kernel (hypernetwork baseline).
+* :class:`ConditionalInstanceNorm` - lambda -> (gamma, beta) around an instance norm.
+* :class:`AdaptiveModulationNorm` - n and the feature's channel mean/std -> (gamma, beta).
+* :func:`batched_conv3d` - one convolution per sample with its own kernel, as one grouped conv.
+
+Every layer takes conditions as per-sample tensors ``(B,)``; the network decides whether a batch
+shares one condition (reference behaviour) or each sample has its own.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "AdaptiveModulationNorm",
+    "ConditionalInstanceNorm",
+    "FilterScaling",
+    "HyperKernel",
+    "batched_conv3d",
+    "mapping_mlp",
+]
+
+
+def mapping_mlp(in_dim: int, latent: int, depth: int = 4, slope: float = 0.2) -> nn.Sequential:
+    """``depth`` x (Linear -> LeakyReLU(slope)); the first maps ``in_dim`` to ``latent``."""
+    layers: list[nn.Module] = []
+    for i in range(depth):
+        layers += [nn.Linear(in_dim if i == 0 else latent, latent), nn.LeakyReLU(slope)]
+    return nn.Sequential(*layers)
+
+
+def batched_conv3d(x: Tensor, weight: Tensor, padding: tuple[int, int, int]) -> Tensor:
+    """Convolve each sample with its own kernel (a batched modulated convolution).
+
+    Args:
+        x: (B, I, D, H, W) input.
+        weight: (B, O, I, kd, kh, kw) one kernel per sample, or (O, I, kd, kh, kw) shared.
+        padding: zero padding per spatial axis.
+    Returns:
+        (B, O, D', H', W').  With a per-sample kernel the batch is folded into the channel axis and
+        run as one grouped convolution (``groups=B``), so a mixed batch costs one launch.
+    """
+    if weight.dim() == 5:
+        return F.conv3d(x, weight, padding=padding)
+    b, i = x.shape[:2]
+    o = weight.shape[1]
+    if weight.shape[0] != b or weight.shape[2] != i:
+        raise ValueError(f"batched_conv3d: weight {tuple(weight.shape)} does not fit input {tuple(x.shape)}")
+    if b == 1:
+        return F.conv3d(x, weight[0], padding=padding)
+    out = F.conv3d(
+        x.reshape(1, b * i, *x.shape[2:]),
+        weight.reshape(b * o, i, *weight.shape[3:]),
+        padding=padding,
+        groups=b,
+    )
+    return out.reshape(b, o, *out.shape[2:])
+
+
+class FilterScaling(nn.Module):
+    """Scales for a conv kernel from the upscaling condition n and, optionally, the metabolite.
+
+    ``s = style2(LeakyReLU(style1([MLP_n(n), MLP_m(Embedding(m))])))`` with MLPs of 4 linear layers
+    (latent ``latent`` , LeakyReLU 0.2).  Without the metabolite branch a single linear layer maps
+    ``MLP_n(n)`` to the scales (the "Filter Scaling on n" ablation).
+
+    Args:
+        in_ch, out_ch: kernel shape (one scale per (out, in) pair, shared across the kernel taps).
+        latent: MLP width.
+        num_metabolites: embedding rows; 0 disables the metabolite branch.
+        met_embed_dim: embedding width (3 in the reference).
+    Shapes:
+        n: (B,) float, met: (B,) long -> (B, out_ch, in_ch).
+    """
+
+    def __init__(
+        self, in_ch: int, out_ch: int, latent: int = 32, num_metabolites: int = 0, met_embed_dim: int = 3
+    ):
+        super().__init__()
+        self.in_ch, self.out_ch = in_ch, out_ch
+        self.use_met = num_metabolites > 0
+        self.map_n = mapping_mlp(1, latent)
+        if self.use_met:
+            self.embedding = nn.Embedding(num_metabolites, met_embed_dim)
+            self.map_m = mapping_mlp(met_embed_dim, latent)
+            self.style1 = nn.Linear(2 * latent, 2 * latent)
+            self.style2 = nn.Linear(2 * latent, out_ch * in_ch)
+        else:
+            self.style = nn.Linear(latent, out_ch * in_ch)
+
+    def forward(self, n: Tensor, met: Tensor | None = None) -> Tensor:
+        z = self.map_n(n.float().reshape(-1, 1))
+        if self.use_met:
+            if met is None:
+                raise ValueError("FilterScaling with a metabolite branch needs `met`")
+            zm = self.map_m(self.embedding(met.long().reshape(-1)))
+            s = self.style2(F.leaky_relu(self.style1(torch.cat([z, zm], dim=1)), 0.2))
+        else:
+            s = self.style(z)
+        return s.reshape(-1, self.out_ch, self.in_ch)
+
+
+class HyperKernel(nn.Module):
+    """Hypernetwork baseline: MLP(n) -> the whole kernel (B, O, I, kd, kh, kw)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: tuple[int, int, int], latent: int = 32):
+        super().__init__()
+        self.shape = (out_ch, in_ch, *kernel)
+        self.map_n = mapping_mlp(1, latent)
+        numel = out_ch * in_ch * kernel[0] * kernel[1] * kernel[2]
+        self.style = nn.Linear(latent, numel)
+
+    def forward(self, n: Tensor) -> Tensor:
+        return self.style(self.map_n(n.float().reshape(-1, 1))).reshape(-1, *self.shape)
+
+
+class ConditionalInstanceNorm(nn.Module):
+    """``(1 + gamma(lam)) * InstanceNorm(x) + beta(lam)`` with an MLP of 4 layers (width 2*latent).
+
+    Args:
+        channels: C.
+        latent: half the MLP width (the reference uses 2*32 = 64).
+        gamma_init: initial bias of the gamma output (the reference sets 1, i.e. an initial
+            scale of 2; ``0`` starts as plain instance norm).
+    Shapes:
+        x: (B, C, D, H, W), lam: (B,) -> (B, C, D, H, W).
+    """
+
+    def __init__(self, channels: int, latent: int = 32, gamma_init: float = 1.0, eps: float = 1e-5):
+        super().__init__()
+        self.channels, self.eps = channels, eps
+        self.mapping = mapping_mlp(1, 2 * latent)
+        self.style = nn.Linear(2 * latent, 2 * channels)
+        with torch.no_grad():
+            self.style.bias[:channels].fill_(gamma_init)
+            self.style.bias[channels:].zero_()
+
+    def forward(self, x: Tensor, lam: Tensor) -> Tensor:
+        style = self.style(self.mapping(lam.to(x.dtype).reshape(-1, 1)))
+        gamma, beta = style[:, : self.channels], style[:, self.channels :]
+        view = (-1, self.channels) + (1,) * (x.dim() - 2)
+        return (1.0 + gamma.reshape(view)) * F.instance_norm(x, eps=self.eps) + beta.reshape(view)
+
+
+class AdaptiveModulationNorm(nn.Module):
+    """Adaptive-modulation baseline: gamma/beta from MLP(n) and each channel's mean/std of ``x``.
+
+    ``e = Linear(MLP(n))`` (C), ``beta = MLP_b([e, mean_c(x)])``, ``gamma = MLP_g([e, std_c(x)])``
+    (each 4 hidden layers of width ``latent`` + a linear output of C), then
+    ``(1 + gamma) * InstanceNorm(x) + beta``.
+
+    Shapes:
+        x: (B, C, D, H, W), n: (B,) -> (B, C, D, H, W).
+    """
+
+    def __init__(self, channels: int, latent: int = 32, eps: float = 1e-5):
+        super().__init__()
+        self.channels, self.eps = channels, eps
+        self.mapping = mapping_mlp(1, latent)
+        self.style = nn.Linear(latent, channels)
+        with torch.no_grad():
+            self.style.bias.fill_(1.0)
+        self.beta_net = nn.Sequential(mapping_mlp(2 * channels, latent), nn.Linear(latent, channels))
+        self.gamma_net = nn.Sequential(mapping_mlp(2 * channels, latent), nn.Linear(latent, channels))
+
+    def forward(self, x: Tensor, n: Tensor) -> Tensor:
+        e = self.style(self.mapping(n.to(x.dtype).reshape(-1, 1))).expand(x.shape[0], -1)
+        dims = tuple(range(2, x.dim()))
+        mean, std = x.mean(dim=dims), x.std(dim=dims)
+        beta = self.beta_net(torch.cat([e, mean], dim=1))
+        gamma = self.gamma_net(torch.cat([e, std], dim=1))
+        view = (-1, self.channels) + (1,) * (x.dim() - 2)
+        return (1.0 + gamma.reshape(view)) * F.instance_norm(x, eps=self.eps) + beta.reshape(view)

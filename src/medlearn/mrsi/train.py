@@ -1,0 +1,418 @@
+"""Training loop of the MRSI super-resolution GAN through the shared engine.
+
+One iteration (spec section 5): the generator super-resolves a batch; the critic takes
+``n_critic`` WGAN-GP steps on that batch (fake detached); the generator then steps on
+``content + lambda * adversarial``.  Validation after every ``val_every`` epochs selects the model
+on the content loss only (lambda = 0, no adversarial term) and writes it to ``<out>/best/``.
+
+Conditioning (``model.per_sample``):
+    true (ours, default): mixed batches; n comes from each item, lambda is drawn per sample.
+    false (reference): batches hold one metabolite; one n and one lambda are drawn per batch and
+    the low-resolution input is recomputed from HR with that n.
+
+Everything random is a pure function of (seed, epoch, step): the data order and augmentation
+(:class:`ResumableSampler` / dataset), and a per-step generator for n, lambda and the GP mixing
+weights; so a run resumed from a checkpoint ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, default_collate
+
+from medlearn.engine import (
+    Checkpointer,
+    GracefulStop,
+    MetricLogger,
+    Progress,
+    ResumableSampler,
+    backward_and_step,
+    build_accelerator,
+    build_scheduler,
+    prepare_run_dir,
+    seed_everything,
+)
+from medlearn.errors import ConfigError
+from medlearn.mrsi.config import MRSIConfig
+from medlearn.mrsi.constants import METABOLITES
+from medlearn.mrsi.data import MRSIDataset, PatientData, list_patients, load_patient
+from medlearn.mrsi.kspace import truncate_kspace
+from medlearn.mrsi.losses import content_loss, critic_input, critic_loss, generator_adv_loss, sample_lambda
+from medlearn.mrsi.registry import build_critic, build_generator
+from medlearn.mrsi.splits import kfold_patient_splits, read_splits, write_splits
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "build_models",
+    "epoch_batches",
+    "fit",
+    "load_split",
+    "make_dataset",
+    "step_generator",
+    "train_step",
+    "validate",
+]
+
+
+# ----------------------------------------------------------------------------------------- data
+def load_split(cfg: MRSIConfig, out: Path | None = None) -> dict[str, list[str]]:
+    """The fold's ``{"train", "val", "test"}`` patient ids (from ``splits_file`` or a seeded k-fold draw).
+
+    When ``out`` is given the splits are written to ``<out>/splits.json``.
+    """
+    d = cfg.data
+    if d.splits_file:
+        folds = read_splits(d.splits_file)
+    else:
+        ids = list_patients(d.root, d.layout)
+        folds = kfold_patient_splits(ids, k=d.k_folds, n_val=d.n_val, n_test=d.n_test, seed=d.split_seed)
+        if out is not None:
+            write_splits(Path(out) / "splits.json", folds)
+    if not 0 <= d.fold < len(folds):
+        raise ConfigError(f"data.fold={d.fold} is outside 0..{len(folds) - 1}")
+    return folds[d.fold]
+
+
+def load_patients(cfg: MRSIConfig, ids: list[str]) -> list[PatientData]:
+    """Read and validate the patients ``ids``."""
+    d = cfg.data
+    return [load_patient(d.root, pid, d.layout, d.metabolites, d.conc_kind) for pid in ids]
+
+
+def make_dataset(
+    cfg: MRSIConfig, patients: list[PatientData], train: bool, fixed_n: int | None = None
+) -> MRSIDataset:
+    """Training (random n, augmentation) or evaluation (seed-fixed n or ``fixed_n``) dataset."""
+    d = cfg.data
+    return MRSIDataset(
+        patients,
+        d.metabolites,
+        train=train,
+        n_choices=d.n_choices,
+        fixed_n=fixed_n,
+        augment=d.augment and train,
+        seed=cfg.engine.seed,
+        mask_rule=d.mask_rule,
+        max_shift=d.max_shift,
+    )
+
+
+def epoch_batches(
+    dataset: MRSIDataset,
+    epoch: int,
+    batch_size: int,
+    seed: int,
+    group_by_metabolite: bool,
+    rank: int = 0,
+    world_size: int = 1,
+) -> list[list[int]]:
+    """This rank's batches of ``epoch`` as index lists (a pure function of seed and epoch).
+
+    Mixed batches follow :class:`ResumableSampler`'s order.  With ``group_by_metabolite`` (the
+    reference) the shuffled indices are split per metabolite into batches and the batch order is
+    shuffled, so every batch holds one metabolite.
+    """
+    sampler = ResumableSampler(len(dataset), seed=seed, shuffle=True, rank=rank, world_size=world_size)
+    sampler.set_epoch(epoch)
+    order = list(sampler)
+    if not group_by_metabolite:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    groups: dict[int, list[int]] = {}
+    for idx in order:
+        groups.setdefault(dataset.index[idx][2], []).append(idx)
+    batches = [g[i : i + batch_size] for _, g in sorted(groups.items()) for i in range(0, len(g), batch_size)]
+    perm = np.random.default_rng([seed, epoch, 7]).permutation(len(batches))
+    return [batches[i] for i in perm]
+
+
+# --------------------------------------------------------------------------------------- models
+def build_models(cfg: MRSIConfig, grid: tuple[int, int]) -> tuple[nn.Module, nn.Module | None]:
+    """(generator, critic or None) for maps of size ``grid`` (H, W)."""
+    m = cfg.model
+    gen = build_generator(
+        m.arch,
+        base_width=m.base_width,
+        depth=m.depth,
+        latent=m.latent,
+        num_metabolites=len(METABOLITES),
+        met_embed_dim=m.met_embed_dim,
+        per_sample=m.per_sample,
+        data_consistency=m.data_consistency,
+        gamma_init=m.gamma_init,
+        lambda_scale=lambda_scale(cfg),
+    )
+    if not cfg.adversarial.enabled:
+        return gen, None
+    f = gen.mri_factor
+    crit = build_critic(
+        cfg.critic.arch,
+        in_ch=4,
+        width=cfg.critic.width,
+        n_blocks=cfg.critic.n_blocks,
+        input_shape=(f * grid[0], f * grid[1], gen.slab_depth),
+        hidden=cfg.critic.hidden,
+    )
+    return gen, crit
+
+
+def lambda_scale(cfg: MRSIConfig) -> float:
+    """``model.lambda_scale``, or 1 / (largest trained lambda) when it is null (1 if that is 0)."""
+    if cfg.model.lambda_scale is not None:
+        return float(cfg.model.lambda_scale)
+    adv = cfg.adversarial
+    top = adv.fixed_lambda if adv.fixed_lambda is not None else adv.lambda_low + adv.lambda_span
+    return 1.0 / top if top and top > 0 else 1.0
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """CPU generator for the draws of one step (n, lambda, GP weights), independent of history."""
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step))
+
+
+def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+def draw_conditions(
+    cfg: MRSIConfig, batch: dict[str, Any], g: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(lr, n, lambda) of a training batch according to the conditioning mode (see module docstring)."""
+    hr = batch["hr"]
+    b = hr.shape[0]
+    adv = cfg.adversarial
+    if cfg.model.per_sample:
+        n, lr = batch["n"], batch["lr"]
+    else:
+        choices = cfg.data.n_choices
+        n = torch.full(
+            (b,), int(choices[int(torch.randint(len(choices), (1,), generator=g))]), device=hr.device
+        )
+        lr = truncate_kspace(hr, n)
+    if not adv.enabled:
+        lam = torch.zeros(b, device=hr.device)
+    elif adv.fixed_lambda is not None:
+        lam = torch.full((b,), float(adv.fixed_lambda), device=hr.device)
+    else:
+        lam = sample_lambda(
+            b, adv.lambda_low, adv.lambda_span, adv.zero_fraction, cfg.model.per_sample, g, hr.device
+        )
+    return lr, n, lam
+
+
+# ----------------------------------------------------------------------------------------- steps
+@dataclass
+class Nets:
+    """The networks, optimisers and schedulers of a run (critic parts are None without adversary)."""
+
+    gen: nn.Module
+    opt_g: torch.optim.Optimizer
+    sched_g: Any
+    critic: nn.Module | None = None
+    opt_d: torch.optim.Optimizer | None = None
+    sched_d: Any = None
+
+
+def train_step(
+    cfg: MRSIConfig, nets: Nets, batch: dict[str, Any], accelerator: Any, step: int
+) -> dict[str, float]:
+    """One generator iteration with ``n_critic`` critic steps; returns the logged scalars."""
+    g = step_generator(cfg.engine.seed, step)
+    batch = _to(batch, accelerator.device)
+    lr, n, lam = draw_conditions(cfg, batch, g)
+    t1, flair, hr, mask = batch["t1"], batch["flair"], batch["hr"], batch["mask"]
+    nets.gen.train()
+    with accelerator.autocast():
+        sr = nets.gen(t1, flair, lr, n, batch["met"], lam, mask)
+    sr = sr.float()
+    out: dict[str, float] = {}
+    adv_term = sr.new_zeros(())
+    if nets.critic is not None:
+        nets.critic.train()
+        real, fake = critic_input(t1, flair, lr, hr), critic_input(t1, flair, lr, sr)
+        nets.critic.requires_grad_(True)
+        for _ in range(cfg.adversarial.n_critic):
+            with accelerator.autocast():
+                loss_d, wdist = critic_loss(nets.critic, real, fake.detach(), cfg.adversarial.gp_weight, g)
+            backward_and_step(accelerator, loss_d, nets.opt_d, nets.sched_d)
+        nets.critic.requires_grad_(False)
+        with accelerator.autocast():
+            adv_term = generator_adv_loss(nets.critic, fake, lam).float()
+        nets.critic.requires_grad_(True)
+        out.update(loss_d=float(loss_d.detach()), wdist=float(wdist))
+    lc = cfg.loss
+    terms = content_loss(sr, hr, lc.l1_weight, lc.ssim_weight, lc.ssim_upsample, lc.ssim_win, lc.ssim_levels)
+    loss = terms["content"] + adv_term
+    backward_and_step(
+        accelerator, loss, nets.opt_g, nets.sched_g, nets.gen.parameters(), cfg.engine.grad_clip
+    )
+    out.update(
+        loss=float(loss.detach()),
+        l1=float(terms["l1"].detach()),
+        ssim=float(terms["ssim"].detach()),
+        adv=float(adv_term.detach()),
+        lam=float(lam.mean()),
+    )
+    return out
+
+
+@torch.no_grad()
+def validate(cfg: MRSIConfig, gen: nn.Module, dataset: MRSIDataset, device: torch.device) -> dict[str, float]:
+    """Mean content loss (L1 + MS-SSIM terms, lambda = 0) over ``dataset``; the selection criterion.
+
+    The generator runs in per-sample mode (the same function as per-batch grouping, tested), so a
+    reference-mode model is validated on mixed batches too.
+    """
+    gen.eval()
+    per_sample = gen.per_sample
+    gen.per_sample = True
+    try:
+        n_items = len(dataset) if cfg.train.val_max_items <= 0 else min(len(dataset), cfg.train.val_max_items)
+        bs = cfg.train.batch_size
+        totals = {"l1": 0.0, "ssim": 0.0, "content": 0.0}
+        lc = cfg.loss
+        for i in range(0, n_items, bs):
+            batch = _to(default_collate([dataset[j] for j in range(i, min(n_items, i + bs))]), device)
+            b = batch["hr"].shape[0]
+            lam = torch.zeros(b, device=device)
+            sr = gen(batch["t1"], batch["flair"], batch["lr"], batch["n"], batch["met"], lam, batch["mask"])
+            terms = content_loss(
+                sr.float(),
+                batch["hr"],
+                lc.l1_weight,
+                lc.ssim_weight,
+                lc.ssim_upsample,
+                lc.ssim_win,
+                lc.ssim_levels,
+            )
+            for k in totals:
+                totals[k] += float(terms[k]) * b
+    finally:
+        gen.per_sample = per_sample
+    return {f"val_{k}": v / max(1, n_items) for k, v in totals.items()}
+
+
+# ------------------------------------------------------------------------------------------ fit
+def _make_nets(cfg: MRSIConfig, grid: tuple[int, int], steps_per_epoch: int) -> Nets:
+    gen, crit = build_models(cfg, grid)
+    o = cfg.optim
+    opt_g = torch.optim.Adam(gen.parameters(), lr=o.lr, betas=tuple(o.betas))
+    sched_g = build_scheduler(opt_g, "step", step_size=o.step_epochs * steps_per_epoch, gamma=o.gamma)
+    nets = Nets(gen, opt_g, sched_g)
+    if crit is not None:
+        nets.critic = crit
+        nets.opt_d = torch.optim.Adam(crit.parameters(), lr=o.critic_lr, betas=tuple(o.betas))
+        step_d = o.step_epochs * steps_per_epoch * cfg.adversarial.n_critic
+        nets.sched_d = build_scheduler(nets.opt_d, "step", step_size=step_d, gamma=o.gamma)
+    return nets
+
+
+def fit(cfg: MRSIConfig) -> dict[str, Any]:
+    """Train (or resume) a run in ``cfg.train.out``; returns a summary dict.
+
+    Writes ``config.yaml``, ``env.json``, ``splits.json``, ``metrics.jsonl``,
+    ``checkpoints/`` (resumable state) and ``best/best/`` (selected generator weights).
+    """
+    out = Path(cfg.train.out)
+    accelerator = build_accelerator(cfg.engine)
+    seed_everything(cfg.engine.seed)
+    prepare_run_dir(out, cfg, cfg.engine.seed, str(accelerator.device), accelerator.is_main_process)
+    split = load_split(cfg, out if accelerator.is_main_process else None)
+    train_ds = make_dataset(cfg, load_patients(cfg, split["train"]), train=True)
+    val_ds = make_dataset(cfg, load_patients(cfg, split["val"]), train=False) if split["val"] else None
+    group = not cfg.model.per_sample
+    rank, world = accelerator.process_index, accelerator.num_processes
+    steps_per_epoch = len(
+        epoch_batches(train_ds, 0, cfg.train.batch_size, cfg.engine.seed, group, rank, world)
+    )
+    nets = _make_nets(cfg, train_ds.grid, steps_per_epoch)
+    if nets.critic is not None:
+        nets.gen, nets.critic, nets.opt_g, nets.opt_d = accelerator.prepare(
+            nets.gen, nets.critic, nets.opt_g, nets.opt_d
+        )
+    else:
+        nets.gen, nets.opt_g = accelerator.prepare(nets.gen, nets.opt_g)
+    models = {"generator": nets.gen} | ({"critic": nets.critic} if nets.critic is not None else {})
+    optims = {"generator": nets.opt_g} | ({"critic": nets.opt_d} if nets.opt_d is not None else {})
+    scheds = {"generator": nets.sched_g} | ({"critic": nets.sched_d} if nets.sched_d is not None else {})
+    ckpt = Checkpointer(out / "checkpoints", accelerator, keep_last=cfg.engine.keep_last)
+    best_ckpt = Checkpointer(out / "best", accelerator, keep_last=0)
+
+    step, start_epoch, start_batch, best = 0, 0, 0, math.inf
+    latest = ckpt.latest() if cfg.train.resume else None
+    if latest is not None:
+        state = ckpt.load(latest, models, optims, scheds)
+        step = state["step"]
+        start_epoch = int(state["extra"].get("epoch", 0))
+        start_batch = int(state["extra"].get("batch", 0))
+        best = float(state["extra"].get("best", math.inf))
+        log.info("resumed from %s (step %d, epoch %d, batch %d)", latest, step, start_epoch, start_batch)
+
+    logger = MetricLogger(out, enabled=accelerator.is_main_process, tensorboard=cfg.engine.tensorboard)
+    total = cfg.train.epochs * steps_per_epoch
+    if cfg.train.max_steps > 0:
+        total = min(total, cfg.train.max_steps)
+
+    def save(epoch: int, batch: int, tag: str | None = None) -> None:
+        ckpt.save(step, models, optims, scheds, extra={"epoch": epoch, "batch": batch, "best": best}, tag=tag)
+
+    last: dict[str, float] = {}
+    stopped = False
+    with (
+        GracefulStop() as stop,
+        Progress(total, "mrsi train", cfg.engine.progress and accelerator.is_main_process) as bar,
+    ):
+        bar.update(min(step, total))
+        for epoch in range(start_epoch, cfg.train.epochs):
+            train_ds.set_epoch(epoch)
+            batches = epoch_batches(
+                train_ds, epoch, cfg.train.batch_size, cfg.engine.seed, group, rank, world
+            )
+            loader = DataLoader(
+                train_ds, batch_sampler=batches[start_batch:], num_workers=cfg.engine.num_workers
+            )
+            for bi, batch in enumerate(loader, start=start_batch):
+                last = train_step(cfg, nets, batch, accelerator, step)
+                step += 1
+                bar.update(1, loss=last["loss"])
+                if step % max(1, cfg.engine.log_every) == 0 or step == 1:
+                    logger.log(step, epoch=epoch, lr=nets.opt_g.param_groups[0]["lr"], **last)
+                if stop.requested or (cfg.train.max_steps > 0 and step >= cfg.train.max_steps):
+                    save(epoch, bi + 1)
+                    stopped = True
+                    break
+                if cfg.engine.ckpt_every > 0 and step % cfg.engine.ckpt_every == 0:
+                    save(epoch, bi + 1)
+            if stopped:
+                break
+            start_batch = 0
+            if val_ds is not None and (
+                (epoch + 1) % max(1, cfg.train.val_every) == 0 or epoch + 1 == cfg.train.epochs
+            ):
+                val = validate(cfg, accelerator.unwrap_model(nets.gen), val_ds, accelerator.device)
+                logger.log(step, epoch=epoch, **val)
+                if val["val_content"] < best:
+                    best = val["val_content"]
+                    best_ckpt.save(step, {"generator": nets.gen}, extra={"epoch": epoch, **val}, tag="best")
+            save(epoch + 1, 0)
+    if not stopped:
+        if val_ds is None:
+            best_ckpt.save(step, {"generator": nets.gen}, extra={"epoch": cfg.train.epochs}, tag="best")
+        ckpt.save(
+            step,
+            models,
+            optims,
+            scheds,
+            extra={"epoch": cfg.train.epochs, "batch": 0, "best": best},
+            tag="final",
+        )
+    logger.close()
+    return {"out": str(out), "steps": step, "best_val": best, "stopped_early": stopped, **last}
