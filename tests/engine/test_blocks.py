@@ -114,6 +114,13 @@ def test_interrupted_save_leaves_previous_checkpoint(tmp_path, monkeypatch):
     assert not (tmp_path / "step_00000002").exists()
 
 
+def test_side_checkpoint_does_not_move_latest(tmp_path):
+    ck = Checkpointer(tmp_path)
+    ck.save(5, {"net": nn.Linear(1, 1)})
+    ck.save(3, {"net": nn.Linear(1, 1)}, tag="best", update_latest=False)
+    assert ck.latest().name == "step_00000005" and (tmp_path / "best" / "state.pt").is_file()
+
+
 def test_missing_checkpoint_is_clear(tmp_path):
     with pytest.raises(DataError, match="incomplete or missing"):
         Checkpointer(tmp_path).load(tmp_path / "step_1", {"net": nn.Linear(1, 1)})

@@ -32,6 +32,8 @@ def build_accelerator(cfg: EngineConfig, find_unused_parameters: bool = False) -
         bf16/fp16 on a CPU-only machine fall back to fp32 with a warning (CPU autocast is slow and
         not what a user asking for mixed precision on a GPU wants).
     """
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
     cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
     if cfg.device == "cuda" and not torch.cuda.is_available():
         from medlearn.errors import ConfigError

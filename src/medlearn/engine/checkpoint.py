@@ -86,8 +86,12 @@ class Checkpointer:
         schedulers: Mapping[str, Any] | None = None,
         extra: Mapping[str, Any] | None = None,
         tag: str | None = None,
+        update_latest: bool = True,
     ) -> Path:
-        """Write a checkpoint for ``step`` (folder ``tag`` or ``step_<step>``) and return its path."""
+        """Write a checkpoint for ``step`` (folder ``tag`` or ``step_<step>``) and return its path.
+
+        ``update_latest=False`` writes a side checkpoint (e.g. ``tag="best"``) that resume ignores.
+        """
         name = tag or f"step_{step:08d}"
         final = self.directory / name
         tmp = self.directory / f".tmp-{name}"
@@ -118,7 +122,8 @@ class Checkpointer:
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(tmp, final)
-            _atomic_write_text(self.directory / LATEST, name)
+            if update_latest:
+                _atomic_write_text(self.directory / LATEST, name)
             self._prune()
             log.info("checkpoint written: %s", final)
         self._barrier()

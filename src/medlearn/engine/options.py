@@ -25,6 +25,8 @@ class EngineConfig:
         tensorboard: also write TensorBoard events when the package is installed.
         compile: wrap models with ``torch.compile``.
         num_workers: data-loader worker processes.
+        num_threads: torch intra-op CPU threads for this process; 0 keeps torch's default. On a
+            shared or small CPU machine 1 avoids oversubscription (often many times faster).
     """
 
     device: str = "auto"
@@ -39,6 +41,7 @@ class EngineConfig:
     tensorboard: bool = True
     compile: bool = False
     num_workers: int = 0
+    num_threads: int = 0
 
     def __post_init__(self) -> None:
         from medlearn.errors import ConfigError
@@ -51,3 +54,5 @@ class EngineConfig:
             raise ConfigError(f"engine.grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
         if self.grad_clip < 0:
             raise ConfigError(f"engine.grad_clip must be >= 0, got {self.grad_clip}")
+        if self.num_threads < 0:
+            raise ConfigError(f"engine.num_threads must be >= 0 (0 = torch default), got {self.num_threads}")
