@@ -60,13 +60,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         t0 = time.time()
         summary = tasks[name].run_demo(out / name, report, fresh=args.fresh) or {}
         dt = time.time() - t0
-        timings.append(
-            {
-                "task": name,
-                "seconds": round(dt, 1),
-                **{k: v for k, v in summary.items() if not isinstance(v, (dict, list))},
-            }
+        scalars = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
+        headline = "; ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in scalars.items()
         )
+        timings.append({"task": name, "seconds": round(dt, 1), "key results": headline})
         print(f"== demo: {name} done in {dt:.1f} s ==", flush=True)
     if not wanted:
         print("no task is built yet; registered tasks: none")

@@ -1,0 +1,192 @@
+"""``medlearn mama``: data verbs (synth, prepare), ``train``, ``export``, and the demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from medlearn.cli_common import add_config_args
+from medlearn.errors import ConfigError
+
+HELP = "MaMA vision-language pre-training for mammography (multi-view, symmetric local alignment, LoRA LLM)"
+log = logging.getLogger(__name__)
+
+DEMO_PATIENTS = 48
+DEMO_LONG_SIDE = 256
+
+
+def preset_path(name: str) -> Path:
+    """``configs/mama/<name>.yaml`` of the source checkout.
+
+    Raises:
+        ConfigError: when the presets folder is not there (e.g. a non-editable install).
+    """
+    path = Path(__file__).resolve().parents[3] / "configs" / "mama" / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"preset '{path}' not found; pass --config with a YAML file")
+    return path
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from medlearn.config import load_config
+    from medlearn.mama.config import MamaConfig
+
+    return load_config(MamaConfig, args.config, args.overrides)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from medlearn.mama.train import train
+
+    summary = train(_load(args))
+    print(json.dumps({k: v for k, v in summary.items() if k != "metrics"}, indent=2))
+    print(json.dumps(summary["metrics"], indent=2))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from medlearn.mama.export import export
+
+    out = export(args.checkpoint, args.out, merge=not args.separate_adapters, config=args.config)
+    print(f"exported to {out}")
+    return 0
+
+
+def add_verbs(sub: argparse._SubParsersAction) -> None:
+    """``synth`` and ``prepare`` (data package), ``train``, ``export``, ``evaluate`` and ``predict`` (evaluation package)."""
+    try:
+        from medlearn.mama.cli_data import add_data_verbs
+    except ImportError as exc:  # data verbs not built in this checkout
+        log.debug("mama data verbs unavailable: %s", exc)
+    else:
+        add_data_verbs(sub)
+    p = sub.add_parser("train", help="pre-train MaMA (resumes from the run folder's last checkpoint)")
+    add_config_args(p)
+    p.set_defaults(func=_cmd_train)
+    q = sub.add_parser(
+        "export", help="checkpoint -> Hugging Face model folders (image tower, text tower, heads)"
+    )
+    q.add_argument("--checkpoint", required=True, help="checkpoint folder, e.g. runs/mama/checkpoints/final")
+    q.add_argument("--out", required=True, help="output folder")
+    q.add_argument(
+        "--config", default=None, help="run config (default: <run>/config.yaml next to the checkpoint)"
+    )
+    q.add_argument(
+        "--separate-adapters", action="store_true", help="keep LoRA as a peft adapter instead of merging"
+    )
+    q.set_defaults(func=_cmd_export)
+    try:
+        from medlearn.mama.cli_eval import add_eval_verbs
+    except ImportError as exc:  # evaluation verbs not built in this checkout
+        log.debug("mama evaluation verbs unavailable: %s", exc)
+    else:
+        add_eval_verbs(sub)
+
+
+def _curves(metrics: list[dict], out: Path, n_val: int = 0) -> tuple[Path, Path]:
+    import matplotlib.pyplot as plt
+
+    from medlearn.report import save_figure
+
+    terms = ("clip", "clip_extra", "nt_xent", "sla_t2i", "sla_i2t")  # the total jumps at late_loss: not drawn
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for t in terms:
+        pts = [(m["step"], m[t]) for m in metrics if t in m]
+        if pts:
+            ax.plot(*zip(*pts), label=t)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss term (unweighted)")
+    ax.legend(fontsize=8)
+    ax.set_title("MaMA demo: loss terms")
+    loss_png = save_figure(fig, out / "loss_curves.png")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for t in ("val_i2t_top1", "val_i2t_top5", "val_t2i_top1", "val_t2i_top5"):
+        pts = [(m["step"], m[t]) for m in metrics if t in m]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=t[4:])
+    if n_val:
+        for k, style in ((1, ":"), (5, "--")):
+            ax.axhline(
+                min(1.0, k / n_val), color="gray", linestyle=style, linewidth=1, label=f"chance top-{k}"
+            )
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("validation retrieval accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8)
+    ax.set_title("MaMA demo: image <-> report retrieval")
+    ret_png = save_figure(fig, out / "retrieval_curve.png")
+    plt.close("all")
+    return loss_png, ret_png
+
+
+def run_demo(out: Path, report: Any, fresh: bool) -> dict:
+    """Synthesise EMBED-format data, prepare it, pre-train the ``demo`` preset, report the curves."""
+    from medlearn.config import load_config
+    from medlearn.engine import read_metrics
+    from medlearn.mama.config import MamaConfig
+    from medlearn.mama.prepare import PrepareConfig, prepare_dataset
+    from medlearn.mama.synth import SynthConfig, generate
+    from medlearn.mama.train import train
+
+    out = Path(out)
+    t0 = time.time()
+    synth_dir, prep_dir, run_dir = out / "synth", out / "prepared", out / "run"
+    if fresh or not (synth_dir / "synth_summary.json").is_file():
+        generate(
+            synth_dir, SynthConfig(n_patients=DEMO_PATIENTS, n_rsna_patients=1, long_side=DEMO_LONG_SIDE)
+        )
+    if fresh or not (prep_dir / "table.csv").is_file():
+        prepare_dataset(prep_dir, embed_dir=synth_dir / "embed", cfg=PrepareConfig(long_side=128))
+    t_data = time.time() - t0
+    cfg = load_config(MamaConfig, preset_path("demo"), [f"out={run_dir}", f"data.prepared_dir={prep_dir}"])
+    if fresh and run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    summary = train(cfg)
+    metrics = read_metrics(run_dir / "metrics.jsonl")
+    n_val = int(summary.get("n_val", 0))
+    loss_png, ret_png = _curves(metrics, out, n_val)
+    vals = [m for m in metrics if "val_i2t_top1" in m]
+    first, last = (vals[0], vals[-1]) if vals else ({}, {})
+    losses = [m for m in metrics if "loss" in m]
+    sec = report.section(
+        "MaMA pre-training",
+        f"Synthetic EMBED-format data ({DEMO_PATIENTS} patients, DICOM + tables) was prepared and the demo preset "
+        f"(random small DINOv2-with-registers + pre-trained MiniLM with LoRA) pre-trained for {summary['step']} "
+        f"steps; the multi-view and local losses start at step {cfg.loss.late_loss}. Retrieval over the "
+        f"{n_val} validation images counts a hit when the retrieved report text equals the query's report "
+        "(chance about k / N for top-k; the reports also hold patient facts no image shows).",
+    )
+    sec.image(loss_png, "loss terms per optimizer step")
+    sec.image(ret_png, "validation retrieval top-1 / top-5")
+    rows = [
+        {"step": m["step"], **{k[4:]: round(m[k], 3) for k in m if k.startswith("val_")}}
+        for m in (first, last)
+        if m
+    ]
+    sec.table(rows, caption="validation retrieval at the first and last evaluation")
+    sec.table(
+        [{"group": k, "trainable parameters": v} for k, v in summary["trainable"].items()],
+        caption="trainable",
+    )
+    try:
+        from medlearn.mama.evaluate import demo_evaluate
+    except ImportError as exc:  # evaluation package not built in this checkout
+        log.info("skipping the demo evaluation: %s", exc)
+        evaluation: dict = {}
+    else:
+        evaluation = demo_evaluate(summary["final"], prep_dir, out / "eval", sec)
+    res = {
+        "steps": summary["step"],
+        "data_s": round(t_data, 1),
+        "first_loss": round(losses[0]["loss"], 3) if losses else None,
+        "last_loss": round(losses[-1]["loss"], 3) if losses else None,
+        "val_i2t_top1": round(last.get("val_i2t_top1", float("nan")), 3),
+        "val_t2i_top5": round(last.get("val_t2i_top5", float("nan")), 3),
+        **{k: v for k, v in evaluation.items() if isinstance(v, (int, float))},
+    }
+    return res

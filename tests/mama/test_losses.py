@@ -1,0 +1,175 @@
+"""MaMA losses against straightforward numpy/loop definitions, chunking, simulated ranks, gating."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medlearn.mama.config import LossConfig
+from medlearn.mama.losses import (
+    clip_loss,
+    mama_loss,
+    nt_xent_loss,
+    report_keys,
+    sla_loss,
+    sla_scores,
+    soft_targets,
+)
+
+
+def _unit(*shape: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(*shape, generator=g, dtype=torch.float64), dim=-1)
+
+
+def _np_ce_rows(logits: np.ndarray, target_cols: list[int]) -> float:
+    """Mean over rows of -log softmax(row)[target] (plain loops)."""
+    total = 0.0
+    for i, row in enumerate(logits):
+        m = row.max()
+        lse = m + np.log(np.sum(np.exp(row - m)))
+        total += lse - row[target_cols[i]]
+    return total / len(logits)
+
+
+def test_clip_loss_matches_numpy_both_ways():
+    img, txt = _unit(6, 5, seed=0), _unit(6, 5, seed=1)
+    scale = torch.tensor(1 / 0.07, dtype=torch.float64)
+    a, b = img.numpy(), txt.numpy()
+    s = scale.item()
+    ref = _np_ce_rows(s * a @ b.T, list(range(6))) + _np_ce_rows(s * b @ a.T, list(range(6)))
+    assert clip_loss(img, txt, scale).item() == pytest.approx(ref, rel=1e-6)
+
+
+def test_clip_loss_simulated_ranks_equal_whole_batch():
+    img, txt = _unit(8, 4, seed=2), _unit(8, 4, seed=3)
+    scale = torch.tensor(5.0, dtype=torch.float64)
+    whole = clip_loss(img, txt, scale)
+    halves = [slice(0, 4), slice(4, 8)]
+    parts = [clip_loss(img[s], txt[s], scale, img, txt, rank=r) for r, s in enumerate(halves)]
+    torch.testing.assert_close(torch.stack(parts).mean(), whole)
+
+
+def _np_nt_xent(z1: np.ndarray, z2: np.ndarray, t: float) -> float:
+    z = np.concatenate([z1, z2])
+    z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    n = len(z1)
+    total = 0.0
+    for i in range(2 * n):
+        pos = i + n if i < n else i - n
+        denom = sum(np.exp(z[i] @ z[k] / t) for k in range(2 * n) if k != i)
+        total += -np.log(np.exp(z[i] @ z[pos] / t) / denom)
+    return total / (2 * n)
+
+
+def test_nt_xent_matches_numpy_loop_and_ranks():
+    g = torch.Generator().manual_seed(4)
+    z1, z2 = (
+        torch.randn(6, 3, generator=g, dtype=torch.float64),
+        torch.randn(6, 3, generator=g, dtype=torch.float64),
+    )
+    ref = _np_nt_xent(z1.numpy(), z2.numpy(), 0.5)
+    assert nt_xent_loss(z1, z2, 0.5).item() == pytest.approx(ref, rel=1e-6)
+    parts = [
+        nt_xent_loss(z1[s], z2[s], 0.5, z1, z2, rank=r) for r, s in enumerate([slice(0, 3), slice(3, 6)])
+    ]
+    assert torch.stack(parts).mean().item() == pytest.approx(ref, rel=1e-6)
+
+
+def _loop_sla(p: np.ndarray, s: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ni, nt = len(p), len(s)
+    t2i, i2t = np.zeros((ni, nt)), np.zeros((ni, nt))
+    for n in range(ni):
+        for j in range(nt):
+            sents = s[j][mask[j]]
+            sim = p[n] @ sents.T  # (P, S_j)
+            t2i[n, j] = np.mean([sim[:, k].max() for k in range(sim.shape[1])])
+            i2t[n, j] = np.mean([sim[q, :].max() for q in range(sim.shape[0])])
+    return t2i, i2t
+
+
+def _sla_inputs(n: int = 5, p: int = 7, s: int = 4, e: int = 3):
+    patches, sents = _unit(n, p, e, seed=5), _unit(n, s, e, seed=6)
+    mask = torch.tensor(
+        [[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.bool
+    )
+    return patches, sents * mask.unsqueeze(-1), mask
+
+
+def test_sla_scores_match_loops():
+    patches, sents, mask = _sla_inputs()
+    t2i, i2t = sla_scores(patches, sents, mask, chunk=2)
+    ref_t2i, ref_i2t = _loop_sla(patches.numpy(), sents.numpy(), mask.numpy())
+    np.testing.assert_allclose(t2i.numpy(), ref_t2i, rtol=1e-10)
+    np.testing.assert_allclose(i2t.numpy(), ref_i2t, rtol=1e-10)
+
+
+def test_sla_loss_matches_numpy_ce():
+    patches, sents, mask = _sla_inputs()
+    scale = torch.tensor(3.0, dtype=torch.float64)
+    lt, li = sla_loss(patches, sents, mask, scale, chunk=3)
+    ref_t2i, ref_i2t = _loop_sla(patches.numpy(), sents.numpy(), mask.numpy())
+    idx = list(range(5))
+    exp_t = _np_ce_rows(3 * ref_t2i, idx) + _np_ce_rows(3 * ref_t2i.T, idx)
+    exp_i = _np_ce_rows(3 * ref_i2t, idx) + _np_ce_rows(3 * ref_i2t.T, idx)
+    assert lt.item() == pytest.approx(exp_t, rel=1e-8)
+    assert li.item() == pytest.approx(exp_i, rel=1e-8)
+
+
+def test_sla_chunked_equals_unchunked_values_and_gradients():
+    patches, sents, mask = _sla_inputs(n=5)
+    results = []
+    for chunk in (1, 2, 5):
+        p = patches.clone().requires_grad_(True)
+        s = sents.clone().requires_grad_(True)
+        lt, li = sla_loss(p, s, mask, torch.tensor(4.0, dtype=torch.float64), chunk=chunk)
+        (lt + li).backward()
+        results.append(((lt + li).detach(), p.grad.clone(), s.grad.clone()))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_soft_targets_for_identical_reports():
+    keys = report_keys(["a.", "b.", "a.", "c."])
+    assert keys[0] == keys[2] and keys[0] != keys[1]
+    tgt = soft_targets(keys, keys).numpy()
+    np.testing.assert_allclose(tgt[0], [0.5, 0, 0.5, 0])
+    np.testing.assert_allclose(tgt[1], [0, 1, 0, 0])
+    img, txt = _unit(4, 3, seed=7), _unit(4, 3, seed=8)
+    s = 2.0
+    loss = clip_loss(img, txt, torch.tensor(s, dtype=torch.float64), targets=torch.from_numpy(tgt)).item()
+    ref = 0.0
+    for logits in (s * img.numpy() @ txt.numpy().T, s * txt.numpy() @ img.numpy().T):
+        logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        ref += -(tgt * logp).sum(axis=1).mean()
+    assert loss == pytest.approx(ref, rel=1e-8)
+
+
+def _outputs(b: int = 4, seed: int = 9) -> dict[str, torch.Tensor]:
+    patches, sents, mask = _sla_inputs(n=b)
+    return {
+        "img": _unit(b, 3, seed=seed), "txt": _unit(b, 3, seed=seed + 1), "img_extra": _unit(b, 3, seed=seed + 2),
+        "ii1": _unit(b, 3, seed=seed + 3), "ii2": _unit(b, 3, seed=seed + 4), "scale": torch.tensor(10.0),
+        "patches": patches, "sentences": sents, "sentence_mask": mask, "local_scale": torch.tensor(6.0),
+    }  # fmt: skip
+
+
+def test_mama_loss_gating_and_weights():
+    out = _outputs(b=5)
+    cfg = LossConfig(w_clip=1.0, w_nt_xent=0.5, w_clip_extra=2.0, w_sla=3.0)
+    early = mama_loss(out, cfg, late=False)
+    assert set(early) == {"clip", "loss"}
+    late = mama_loss(out, cfg, late=True)
+    assert set(late) == {"clip", "clip_extra", "nt_xent", "sla_t2i", "sla_i2t", "loss"}
+    expected = (
+        clip_loss(out["img"], out["txt"], out["scale"])
+        + 2.0 * clip_loss(out["img_extra"], out["txt"], out["scale"])
+        + 0.5 * nt_xent_loss(out["ii1"], out["ii2"], 0.5)
+        + 3.0 * sum(sla_loss(out["patches"], out["sentences"], out["sentence_mask"], out["local_scale"]))
+    )
+    assert late["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+    only_clip = mama_loss(out, LossConfig(nt_xent=False, clip_extra=False, sla=False), late=True)
+    assert set(only_clip) == {"clip", "loss"}

@@ -1,0 +1,135 @@
+"""Image and text towers: pooled features, patch/sentence tokens, LoRA targets and LoRA gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medlearn.errors import ConfigError
+from medlearn.mama.config import ImageTowerConfig, TextTowerConfig
+from medlearn.mama.image_tower import ImageTower
+from medlearn.mama.text_tower import TextTower
+
+IMAGE_ARCH = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+              "patch_size": 8, "num_register_tokens": 4}  # fmt: skip
+GPT2 = {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 64}
+BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "intermediate_size": 64, "max_position_embeddings": 64}  # fmt: skip
+REPORTS = ["Procedure reported: screening. Breast composition: dense; Findings: none.", "Reason: screening."]
+
+
+def test_image_tower_pools_all_tokens_before_final_norm():
+    tower = ImageTower(ImageTowerConfig(name="random", image_size=32, arch=IMAGE_ARCH)).eval()
+    captured = {}
+    last_block = tower.backbone.encoder.layer[-1]
+    hook = last_block.register_forward_hook(
+        lambda m, i, o: captured.__setitem__("out", o[0] if isinstance(o, tuple) else o)
+    )
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        feats = tower(x)
+    hook.remove()
+    tokens = captured["out"]  # (B, 1 + 4 + 16, D) output of the last block, no final norm
+    assert tokens.shape == (2, 21, 32)
+    torch.testing.assert_close(feats.pooled, tokens.mean(dim=1))
+    torch.testing.assert_close(feats.patches, tokens[:, 5:])
+    assert feats.patches.shape == (2, 16, 32)
+    assert (
+        not tower.backbone.layernorm.weight.requires_grad and not tower.backbone.layernorm.bias.requires_grad
+    )
+    assert tower.backbone.config._attn_implementation == "sdpa"
+
+
+def test_image_tower_rejects_bad_input_and_arch():
+    tower = ImageTower(ImageTowerConfig(name="random", image_size=32, arch=IMAGE_ARCH))
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        tower(torch.zeros(2, 1, 32, 32))
+    with pytest.raises(ConfigError, match="hiden_size"):
+        ImageTower(ImageTowerConfig(name="random", image_size=32, arch={"hiden_size": 8}))
+
+
+@pytest.mark.parametrize("arch,kind,sep", [(GPT2, "causal", "<|sep|>"), (BERT, "encoder", "[SEP]")])
+def test_text_tower_sentences_and_pooling(arch, kind, sep):
+    cfg = TextTowerConfig(
+        name="random", arch=arch, max_length=64, lora_dropout=0.0, gradient_checkpointing=False
+    )
+    tower = TextTower(cfg).eval()
+    assert tower.kind == kind and tower.tokenizer.separator == sep
+    enc = tower.tokenizer(REPORTS)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    with torch.no_grad():
+        feats = tower(ids, mask)
+        hidden = tower.lm(input_ids=ids, attention_mask=mask).last_hidden_state
+    for b, report in enumerate(REPORTS):
+        n_sent = report.count(".") + report.count(";")
+        positions = [i for i in range(ids.shape[1]) if mask[b, i] and ids[b, i] == tower.tokenizer.sep_id]
+        assert len(positions) == n_sent
+        assert int(feats.sentence_mask[b].sum()) == n_sent
+        for k, pos in enumerate(positions):
+            torch.testing.assert_close(feats.sentences[b, k], hidden[b, pos])
+        valid = [hidden[b, i] for i in range(ids.shape[1]) if mask[b, i]]
+        torch.testing.assert_close(feats.pooled[b], torch.stack(valid).mean(dim=0))
+    tower.cfg.pooling = "all_tokens"  # the reference's unmasked mean
+    with torch.no_grad():
+        torch.testing.assert_close(tower(ids, mask).pooled, hidden.mean(dim=1))
+
+
+@pytest.mark.parametrize("arch,targets", [(GPT2, {"c_attn"}), (BERT, {"query", "value"})])
+def test_lora_targets_and_gradients_with_checkpointing(arch, targets):
+    cfg = TextTowerConfig(
+        name="random", arch=arch, max_length=64, gradient_checkpointing=True, lora_dropout=0.0
+    )
+    tower = TextTower(cfg).train()
+    assert tower.base_model().is_gradient_checkpointing
+    lora = {n: p for n, p in tower.named_parameters() if "lora_" in n}
+    assert {n.split(".lora_")[0].split(".")[-1] for n in lora} == targets
+    assert all(p.requires_grad for p in lora.values())
+    assert [n for n, p in tower.named_parameters() if p.requires_grad and "lora_" not in n] == []
+    r = cfg.lora_r
+    per_module = {"c_attn": r * (32 + 96), "query": r * 64, "value": r * 64}
+    assert sum(p.numel() for p in lora.values()) == 2 * sum(per_module[t] for t in targets)
+    with torch.no_grad():  # LoRA B starts at zero (then A gets no gradient): give it values first
+        for n, p in lora.items():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    enc = tower.tokenizer(REPORTS)
+    feats = tower(enc["input_ids"], enc["attention_mask"])
+    (feats.pooled.pow(2).sum() + feats.sentences.pow(2).sum()).backward()
+    for n, p in lora.items():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reached {n}"
+
+
+def test_lora_target_override_and_unknown_architecture():
+    cfg = TextTowerConfig(
+        name="random", arch=GPT2, lora_target_modules=["c_proj"], gradient_checkpointing=False
+    )
+    names = {n for n, _ in TextTower(cfg).named_parameters() if "lora_A" in n}
+    assert names and all(".c_proj." in n for n in names)
+    bad = TextTowerConfig(
+        name="random", arch={"model_type": "opt", "hidden_size": 32, "num_hidden_layers": 2}
+    )
+    with pytest.raises(ConfigError, match="lora_target_modules"):
+        TextTower(bad)
+    with pytest.raises(ConfigError, match="model_type"):
+        TextTower(TextTowerConfig(name="random", arch={"n_embd": 8}))
+
+
+def test_pretrained_minilm_text_tower_loads_offline():
+    tower = TextTower(TextTowerConfig(name="minilm", max_length=32, gradient_checkpointing=False)).eval()
+    assert tower.kind == "encoder" and tower.width == 384
+    assert sum(p.numel() for n, p in tower.named_parameters() if p.requires_grad) == 6 * 2 * 8 * (384 + 384)
+    enc = tower.tokenizer(["Findings: benign.", "Findings: suspicious."])
+    with torch.no_grad():
+        pooled = tower(**enc).pooled
+    # pre-trained weights: the two related reports are close (random weights would not be this close)
+    assert torch.nn.functional.cosine_similarity(pooled[0], pooled[1], dim=0) > 0.5
+
+
+def test_encoder_tokenizer_without_separator_is_refused():
+    from medlearn.mama.text_tower import ReportTokenizer
+
+    class NoSep:
+        sep_token = None
+
+    with pytest.raises(ConfigError, match="sep_token"):
+        ReportTokenizer(NoSep(), "encoder", 16)

@@ -1,0 +1,140 @@
+"""Tiny pre-training on synthetic EMBED-format data (DICOM -> prepare -> dataset): loss goes down,
+local heads stay frozen until ``late_loss``, and checkpoint -> resume continues identically."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from medlearn.engine import read_metrics, seed_everything
+from medlearn.mama.cli import preset_path
+from medlearn.mama.export import load_checkpoint
+from medlearn.mama.losses import mama_loss
+from medlearn.mama.model import MamaModel
+from medlearn.mama.train import build_datasets, train
+
+try:
+    from tests.mama.test_pt_fakes import deterministic_datasets, tiny_config, write_prepared
+except ImportError:  # tests/mama collected as a plain folder
+    from test_pt_fakes import deterministic_datasets, tiny_config, write_prepared
+
+STEPS = ("max_steps=6", "loss.late_loss=3", "engine.ckpt_every=1", "engine.keep_last=10", "val_every=3")
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    return write_prepared(tmp_path_factory.mktemp("mama_data"))
+
+
+@pytest.fixture(scope="module")
+def run_a(prepared, tmp_path_factory):
+    """Uninterrupted 6-step run; returns (config, datasets, summary)."""
+    cfg = tiny_config(tmp_path_factory.mktemp("run_a"), *STEPS, f"data.prepared_dir={prepared}")
+    data = deterministic_datasets(prepared, cfg.model.image.image_size)
+    return cfg, data, train(cfg, data)
+
+
+def _batch_loss(model: MamaModel, cfg, ds) -> float:
+    from medlearn.mama.dataset import collate_mammo
+
+    batch = collate_mammo([ds[i] for i in range(8)])
+    enc = model.tokenizer(batch["report"])
+    model.eval()
+    with torch.no_grad():
+        out = model(batch["image"], enc["input_ids"], enc["attention_mask"], batch["extra_image"], late=True)
+        return mama_loss(out, cfg.loss, late=True)["loss"].item()
+
+
+def test_few_steps_lower_the_loss(run_a):
+    cfg, (train_ds, _), summary = run_a
+    assert summary["step"] == 6 and summary["final"]
+    seed_everything(cfg.engine.seed)
+    initial = MamaModel(cfg.model, cfg.loss)
+    trained, _ = load_checkpoint(summary["final"])
+    before, after = _batch_loss(initial, cfg, train_ds), _batch_loss(trained, cfg, train_ds)
+    assert after < before - 0.1, (before, after)
+    logged = read_metrics(f"{summary['run']}/metrics.jsonl")
+    for key in ("clip", "nt_xent", "clip_extra", "sla_t2i", "sla_i2t", "lr", "temperature", "samples_per_s"):
+        assert any(key in m for m in logged), key
+    assert any("val_i2t_top5" in m for m in logged)
+
+
+def test_local_heads_frozen_until_late_loss(run_a):
+    cfg, _, summary = run_a
+    ckpts = [
+        load_file(f"{summary['run']}/checkpoints/step_{s:08d}/model_heads.safetensors") for s in (1, 2, 3, 4)
+    ]
+    seed_everything(cfg.engine.seed)
+    init = MamaModel(cfg.model, cfg.loss).heads.state_dict()
+    local = [k for k in init if k.startswith(("img_local.", "txt_local.", "local_logit_scale"))]
+    assert local
+    for k in local:  # steps 1-3 run before late_loss=3 (steps are counted from 0)
+        torch.testing.assert_close(ckpts[2][k], init[k], msg=k)
+    assert any(not torch.equal(ckpts[3][k], ckpts[2][k]) for k in local if "weight" in k)
+    assert not torch.equal(ckpts[0]["img_proj.weight"], ckpts[1]["img_proj.weight"])
+    lora = load_file(f"{summary['run']}/checkpoints/final/text_adapter/adapter_model.safetensors")
+    assert lora and all("lora_" in k for k in lora)
+
+
+def test_resume_continues_identically(run_a, tmp_path):
+    cfg_a, data, summary_a = run_a
+    cfg = tiny_config(tmp_path, *STEPS, f"data.prepared_dir={cfg_a.data.prepared_dir}")
+    first = train(cfg, data, stop_at=3)
+    assert first["step"] == 3 and first["final"] is None
+    second = train(cfg, data)
+    assert second["step"] == 6
+    for name in ("image", "heads"):
+        a = load_file(f"{summary_a['final']}/model_{name}.safetensors")
+        b = load_file(f"{second['final']}/model_{name}.safetensors")
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
+    la = load_file(f"{summary_a['final']}/text_adapter/adapter_model.safetensors")
+    lb = load_file(f"{second['final']}/text_adapter/adapter_model.safetensors")
+    for k in la:
+        torch.testing.assert_close(lb[k], la[k], rtol=0, atol=1e-6, msg=k)
+    loss_a = [m["loss"] for m in read_metrics(f"{summary_a['run']}/metrics.jsonl") if "loss" in m][3:]
+    loss_b = [m["loss"] for m in read_metrics(f"{second['run']}/metrics.jsonl") if "loss" in m][3:]
+    assert loss_b == pytest.approx(loss_a, abs=1e-5)
+
+
+def test_build_datasets_reads_prepared_folder_and_rejects_missing(prepared, tmp_path):
+    cfg = tiny_config(tmp_path, f"data.prepared_dir={prepared}")
+    train_ds, val_ds = build_datasets(cfg)
+    item = train_ds[0]
+    assert item["image"].shape == (3, 32, 32) and item["report"].endswith((".", ";"))
+    assert len(val_ds) > 0
+    from medlearn.errors import ConfigError, DataError
+
+    with pytest.raises(ConfigError, match="prepared_dir"):
+        build_datasets(tiny_config(tmp_path))
+    with pytest.raises(DataError, match="table.csv"):
+        build_datasets(tiny_config(tmp_path, f"data.prepared_dir={tmp_path / 'nothing'}"))
+
+
+def test_presets_load():
+    from medlearn.config import load_config
+    from medlearn.mama.config import MamaConfig
+
+    for name in ("paper", "small", "tiny", "demo"):
+        cfg = load_config(MamaConfig, preset_path(name))
+        assert cfg.max_steps > 0
+    paper = load_config(MamaConfig, preset_path("paper"))
+    assert (paper.optim.lr, paper.optim.warmup_steps, paper.max_steps, paper.loss.late_loss) == (
+        4e-5,
+        4000,
+        40000,
+        8000,
+    )
+    assert paper.data.batch_size * paper.engine.grad_accum_steps * 4 == 288
+
+
+def test_training_set_smaller_than_a_batch_is_refused(tmp_path):
+    from medlearn.errors import ConfigError
+
+    try:
+        from tests.mama.test_pt_fakes import FakePairs, fake_collate
+    except ImportError:
+        from test_pt_fakes import FakePairs, fake_collate
+    with pytest.raises(ConfigError, match="fewer than one batch"):
+        train(tiny_config(tmp_path), (FakePairs(5), FakePairs(4)), fake_collate)
