@@ -1,0 +1,277 @@
+"""Localisation from symmetric local alignment (beyond the reference): sentence heatmaps and the pointing game.
+
+For one report sentence, the SLA similarity of every image patch to that sentence (cosine of the
+normalised local features, (P,) values on the ViT's patch grid) is a heatmap over the image. The
+pointing game asks whether the hottest patch falls on a finding: a hit when the hottest patch's
+cell overlaps one of the image's ROI boxes (``mode="overlap"``, default; robust to findings smaller
+than a patch) or when the cell's centre lies inside a box (``mode="center"``, stricter).
+
+ROI boxes (EMBED ``ROI_coords``: [ymin, xmin, ymax, xmax] in DICOM pixels) are mapped to model-input
+pixels through the same geometry as the images: the prepare crop and scale (table columns
+``crop_y0, crop_x0, scale``), the evaluation transform's Otsu crop of the cached image, and the
+final resize to S x S.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+Box = tuple[float, float, float, float]  # (y0, x0, y1, x1), end-exclusive, pixels
+SENTENCE_PREFERENCE = ("There is", "There are", "Findings")
+
+
+def split_sentences(report: str) -> list[str]:
+    """The report's sentences in the text tower's order (split at every "." and ";", empty pieces dropped)."""
+    return [s.strip() for s in re.split(r"[.;]", report) if s.strip()]
+
+
+def pick_sentence(sentences: Sequence[str], prefer: Sequence[str] = SENTENCE_PREFERENCE) -> int:
+    """Index of the first sentence starting with the first matching prefix of ``prefer`` (else the last one)."""
+    for pre in prefer:
+        for i, s in enumerate(sentences):
+            if s.startswith(pre):
+                return i
+    return len(sentences) - 1
+
+
+def similarity_map(patches: Tensor, sentence: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
+    """Cosine similarity of each patch to one sentence on the patch grid.
+
+    Args:
+        patches: (P, E) patch features.
+        sentence: (E,) sentence feature.
+        grid: (gh, gw) with gh * gw = P; default square.
+    Returns:
+        (gh, gw) similarities in [-1, 1].
+    """
+    p = patches.shape[0]
+    if grid is None:
+        g = int(round(math.sqrt(p)))
+        if g * g != p:
+            raise ValueError(f"{p} patches do not form a square grid; pass grid=(gh, gw)")
+        grid = (g, g)
+    if grid[0] * grid[1] != p:
+        raise ValueError(f"grid {grid} does not hold {p} patches")
+    sim = torch.nn.functional.normalize(patches.float(), dim=-1) @ torch.nn.functional.normalize(
+        sentence.float(), dim=0
+    )
+    return sim.reshape(grid)
+
+
+def hottest_cell(sim: Tensor | np.ndarray) -> tuple[int, int]:
+    """(row, col) of the maximum of a (gh, gw) map (first one on ties)."""
+    a = np.asarray(sim.detach().cpu() if isinstance(sim, Tensor) else sim)
+    r, c = np.unravel_index(int(np.argmax(a)), a.shape)
+    return int(r), int(c)
+
+
+def pointing_hit(
+    sim: Tensor | np.ndarray, boxes: Sequence[Box], image_hw: tuple[int, int], mode: str = "overlap"
+) -> bool:
+    """Is the hottest cell of ``sim`` on one of ``boxes`` (input-image pixels, (y0, x0, y1, x1))?"""
+    if mode not in ("overlap", "center"):
+        raise ValueError(f"mode must be 'overlap' or 'center', got {mode!r}")
+    gh, gw = np.asarray(sim.shape[-2:])
+    r, c = hottest_cell(sim)
+    ch, cw = image_hw[0] / gh, image_hw[1] / gw
+    y0, x0, y1, x1 = r * ch, c * cw, (r + 1) * ch, (c + 1) * cw
+    for by0, bx0, by1, bx1 in boxes:
+        if mode == "center":
+            cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
+            if by0 <= cy < by1 and bx0 <= cx < bx1:
+                return True
+        elif y0 < by1 and by0 < y1 and x0 < bx1 and bx0 < x1:
+            return True
+    return False
+
+
+def pointing_game(
+    maps: Sequence[Tensor | np.ndarray],
+    boxes: Sequence[Sequence[Box]],
+    image_hw: tuple[int, int],
+    mode: str = "overlap",
+) -> dict[str, float]:
+    """Fraction of images (with at least one box) whose hottest cell hits a box."""
+    hits = [pointing_hit(m, b, image_hw, mode) for m, b in zip(maps, boxes) if len(b)]
+    return {"pointing_game": float(np.mean(hits)) if hits else math.nan, "n": len(hits)}
+
+
+def roi_boxes_to_input(
+    row: Mapping[str, Any], cached_hw: tuple[int, int], otsu_box: tuple[int, int, int, int] | None, size: int
+) -> list[Box]:
+    """ROI boxes of a prepared-table row in model-input pixels (S x S).
+
+    Args:
+        row: with ``roi_coords`` (DICOM pixels) and the prepare columns ``crop_y0``, ``crop_x0``,
+            ``scale`` (missing: identity).
+        cached_hw: (h, w) of the cached image.
+        otsu_box: (y0, x0, y1, x1) of the evaluation transform's crop of the cached image (None: no crop).
+        size: S.
+    """
+    from medlearn.mama.tables import parse_roi_coords
+
+    boxes = parse_roi_coords(str(row.get("roi_coords", "") or ""))
+    if not boxes:
+        return []
+
+    def num(key: str, default: float) -> float:
+        try:
+            v = float(row.get(key, default))
+        except (TypeError, ValueError):
+            return default
+        return v if math.isfinite(v) else default
+
+    cy, cx, sc = num("crop_y0", 0.0), num("crop_x0", 0.0), num("scale", 1.0)
+    oy0, ox0, oy1, ox1 = otsu_box if otsu_box is not None else (0, 0, cached_hw[0], cached_hw[1])
+    fy, fx = size / max(oy1 - oy0, 1), size / max(ox1 - ox0, 1)
+    out = []
+    for y0, x0, y1, x1 in boxes:
+        ys = [((y - cy) * sc - oy0) * fy for y in (y0, y1)]
+        xs = [((x - cx) * sc - ox0) * fx for x in (x0, x1)]
+        b = (max(0.0, ys[0]), max(0.0, xs[0]), min(float(size), ys[1]), min(float(size), xs[1]))
+        if b[2] > b[0] and b[3] > b[1]:
+            out.append(b)
+    return out
+
+
+def save_overlay(
+    image: np.ndarray, sim: Tensor | np.ndarray, path: str | Path, boxes: Sequence[Box] = (), title: str = ""
+) -> Path:
+    """PNG of a grey image with the similarity map (bilinearly upsampled) overlaid and ROI boxes drawn.
+
+    Args:
+        image: (H, W) grey image (any range) or (3, H, W) normalised model input.
+        sim: (gh, gw) map.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    from medlearn.report import save_figure
+
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim == 3:
+        img = img[0]
+    s = torch.as_tensor(
+        np.asarray(sim.detach().cpu() if isinstance(sim, Tensor) else sim), dtype=torch.float32
+    )
+    up = torch.nn.functional.interpolate(s[None, None], size=img.shape, mode="bilinear", align_corners=False)[
+        0, 0
+    ].numpy()
+    fig, ax = plt.subplots(figsize=(4, 4 * img.shape[0] / max(img.shape[1], 1)))
+    ax.imshow(img, cmap="gray")
+    hm = ax.imshow(up, cmap="jet", alpha=0.4)
+    for y0, x0, y1, x1 in boxes:
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="lime", lw=1.5))
+    r, c = hottest_cell(s)
+    gh, gw = s.shape
+    ax.plot([(c + 0.5) * img.shape[1] / gw], [(r + 0.5) * img.shape[0] / gh], "w+", ms=10, mew=2)
+    fig.colorbar(hm, ax=ax, fraction=0.046, pad=0.04, label="patch-sentence cosine")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=8)
+    return save_figure(fig, path)
+
+
+def fit_context(sentences: Sequence[str], j: int, fits: Callable[[str], bool] | None) -> tuple[str, int]:
+    """The longest run of sentences ending with sentence ``j`` whose tokens fit the text tower.
+
+    A report longer than the tower's ``max_length`` is truncated, which can cut the finding
+    sentence away (its separator then never exists). Leading sentences are dropped until the text
+    fits, so sentence ``j`` is encoded whole and in as much of its context as possible.
+
+    Returns:
+        (text, index of sentence ``j`` in it).
+    """
+    for k in range(j + 1):
+        text = ". ".join(sentences[k : j + 1]) + "."
+        if fits is None or fits(text):
+            return text, j - k
+    return sentences[j] + ".", 0
+
+
+@torch.no_grad()
+def sentence_maps(
+    encoder: Any, images: Tensor, reports: Sequence[str], sentence_idx: Sequence[int]
+) -> list[Tensor]:
+    """SLA heatmaps, one per image: patch similarity to sentence ``sentence_idx[i]`` of ``reports[i]``.
+
+    ``encoder.local_features(images, texts)`` -> patches (B, P, E), sentences (B, S, E), mask (B, S);
+    ``encoder.fits(text)`` (optional) says whether a text fits untruncated (see :func:`fit_context`).
+    """
+    fits = getattr(encoder, "fits", None)
+    texts, idx = zip(*(fit_context(split_sentences(r), j, fits) for r, j in zip(reports, sentence_idx)))
+    patches, sents, mask = encoder.local_features(images, list(texts))
+    out = []
+    for i, j in enumerate(idx):
+        n = int(mask[i].sum())
+        jj = min(j, n - 1) if n > 0 else 0
+        out.append(similarity_map(patches[i].cpu(), sents[i, jj].cpu()))
+    return out
+
+
+@torch.no_grad()
+def evaluate_pointing(
+    encoder: Any,
+    table: Any,
+    image_root: str | Path,
+    image_size: int,
+    builder: Any,
+    max_images: int = 64,
+    batch_size: int = 8,
+    mode: str = "overlap",
+    heatmap_dir: str | Path | None = None,
+    n_heatmaps: int = 4,
+) -> dict[str, Any]:
+    """Pointing game on the rows of a prepared table that have ROI boxes and a finding sentence.
+
+    The report is the row's unmasked report (``builder.build(row)``); the sentence is chosen by
+    :func:`pick_sentence` (the mass / calcification sentence, else "Findings"). Writes up to
+    ``n_heatmaps`` overlay PNGs to ``heatmap_dir``.
+    """
+    from medlearn.mama.prepare import load_image
+    from medlearn.mama.transforms import EvalTransform, foreground_box
+
+    rows = [
+        r
+        for r in table.to_dict(orient="records")
+        if str(r.get("roi_coords", "") or "").strip() not in ("", "[]")
+    ]
+    rows = rows[:max_images]
+    tf = EvalTransform(image_size)
+    maps, boxes, pngs = [], [], []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        imgs, reports, idx, bxs = [], [], [], []
+        for r in chunk:
+            cached = load_image(Path(image_root) / str(r["image_path"]))
+            imgs.append(tf(cached))
+            bxs.append(
+                roi_boxes_to_input(r, cached.shape, foreground_box(cached) if tf.crop else None, image_size)
+            )
+            rep = builder.build(r)
+            reports.append(rep)
+            idx.append(pick_sentence(split_sentences(rep)))
+        ms = sentence_maps(encoder, torch.stack(imgs), reports, idx)
+        for k, (m, b) in enumerate(zip(ms, bxs)):
+            maps.append(m)
+            boxes.append(b)
+            if heatmap_dir is not None and len(pngs) < n_heatmaps and b:
+                sent = split_sentences(reports[k])[idx[k]]
+                p = save_overlay(
+                    imgs[k].numpy(), m, Path(heatmap_dir) / f"sla_{chunk[k]['image_id']}.png", b, sent[:60]
+                )
+                pngs.append((p, f"{chunk[k]['image_id']}: '{sent[:60]}'"))
+    res = pointing_game(maps, boxes, (image_size, image_size), mode)
+    res["heatmaps"] = pngs
+    return res
