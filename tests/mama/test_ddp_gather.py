@@ -1,6 +1,6 @@
 """Gather with gradient: two gloo processes with half batches == one process with the whole batch.
 
-The worker (test_pt_ddp_worker.py) runs under ``torch.distributed.run``; gradients are averaged
+The worker (pt_ddp_worker.py) runs under ``torch.distributed.run``; gradients are averaged
 over ranks as DDP does.  With ``gather=on`` the loss and the gradients equal the single-process
 whole-batch values (clip, clip_extra, nt_xent).  With ``gather=off`` (reference: per-GPU negatives)
 they equal the mean of the two half-batch losses computed separately (SLA included).
@@ -20,9 +20,9 @@ import torch
 from medlearn.mama.distributed import GatherInfo
 
 try:
-    from tests.mama import test_pt_ddp_worker as worker
+    from tests.mama import pt_ddp_worker as worker
 except ImportError:  # tests/mama collected as a plain folder
-    import test_pt_ddp_worker as worker
+    import pt_ddp_worker as worker
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,9 +14,9 @@ from medlearn.mama.export import export, load_checkpoint
 from medlearn.mama.train import train
 
 try:
-    from tests.mama.test_pt_fakes import REPORTS, deterministic_datasets, tiny_config, write_prepared
+    from tests.mama.pt_fakes import REPORTS, deterministic_datasets, tiny_config, write_prepared
 except ImportError:  # tests/mama collected as a plain folder
-    from test_pt_fakes import REPORTS, deterministic_datasets, tiny_config, write_prepared
+    from pt_fakes import REPORTS, deterministic_datasets, tiny_config, write_prepared
 
 
 @pytest.fixture(scope="module")

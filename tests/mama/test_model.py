@@ -14,9 +14,9 @@ from medlearn.mama.model import MamaModel, count_trainable
 from medlearn.mama.retrieval import retrieval_topk
 
 try:
-    from tests.mama.test_pt_fakes import TINY
+    from tests.mama.pt_fakes import TINY
 except ImportError:  # tests/mama collected as a plain folder
-    from test_pt_fakes import TINY
+    from pt_fakes import TINY
 
 
 @pytest.fixture(scope="module")

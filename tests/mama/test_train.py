@@ -15,9 +15,9 @@ from medlearn.mama.model import MamaModel
 from medlearn.mama.train import build_datasets, train
 
 try:
-    from tests.mama.test_pt_fakes import deterministic_datasets, tiny_config, write_prepared
+    from tests.mama.pt_fakes import deterministic_datasets, tiny_config, write_prepared
 except ImportError:  # tests/mama collected as a plain folder
-    from test_pt_fakes import deterministic_datasets, tiny_config, write_prepared
+    from pt_fakes import deterministic_datasets, tiny_config, write_prepared
 
 STEPS = ("max_steps=6", "loss.late_loss=3", "engine.ckpt_every=1", "engine.keep_last=10", "val_every=3")
 
@@ -133,8 +133,8 @@ def test_training_set_smaller_than_a_batch_is_refused(tmp_path):
     from medlearn.errors import ConfigError
 
     try:
-        from tests.mama.test_pt_fakes import FakePairs, fake_collate
+        from tests.mama.pt_fakes import FakePairs, fake_collate
     except ImportError:
-        from test_pt_fakes import FakePairs, fake_collate
+        from pt_fakes import FakePairs, fake_collate
     with pytest.raises(ConfigError, match="fewer than one batch"):
         train(tiny_config(tmp_path), (FakePairs(5), FakePairs(4)), fake_collate)
