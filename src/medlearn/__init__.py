@@ -2,9 +2,41 @@
 
 Tasks: ``mama`` (mammography vision-language pre-training), ``mrsi`` (multi-scale MRSI
 super-resolution with adjustable sharpness) and ``itl`` (incremental-transfer learning for
-multi-site segmentation).  Importing the package has no side effects.
+multi-site segmentation).  Importing the package has no side effects and imports no heavy library:
+the Python API of :mod:`medlearn.api` (``medlearn.build_model``, ``medlearn.load_mrsi``,
+``medlearn.load_itl``, ``medlearn.load_mama`` ...) is loaded on first attribute access.
 """
+
+from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+_API = (
+    "TASKS",
+    "ITLSegmenter",
+    "MRSIPredictor",
+    "MamaPredictor",
+    "build_model",
+    "configs_dir",
+    "list_presets",
+    "load_itl",
+    "load_mama",
+    "load_mrsi",
+    "load_preset",
+    "train",
+)
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> object:
+    """Lazy re-export of :mod:`medlearn.api` (torch is imported only when the API is used)."""
+    if name in _API:
+        from medlearn import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'medlearn' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API])
