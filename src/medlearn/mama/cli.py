@@ -56,13 +56,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def add_verbs(sub: argparse._SubParsersAction) -> None:
-    """``synth`` and ``prepare`` (data package), ``train``, ``export``, ``evaluate`` and ``predict`` (evaluation package)."""
-    try:
-        from medlearn.mama.cli_data import add_data_verbs
-    except ImportError as exc:  # data verbs not built in this checkout
-        log.debug("mama data verbs unavailable: %s", exc)
-    else:
-        add_data_verbs(sub)
+    """``synth``, ``prepare`` (cli_data), ``train``, ``export``, ``evaluate``, ``predict`` (cli_eval), ``demo``."""
+    from medlearn.mama.cli_data import add_data_verbs
+    from medlearn.mama.cli_eval import add_eval_verbs
+
+    add_data_verbs(sub)
     p = sub.add_parser("train", help="pre-train MaMA (resumes from the run folder's last checkpoint)")
     add_config_args(p)
     p.set_defaults(func=_cmd_train)
@@ -78,12 +76,24 @@ def add_verbs(sub: argparse._SubParsersAction) -> None:
         "--separate-adapters", action="store_true", help="keep LoRA as a peft adapter instead of merging"
     )
     q.set_defaults(func=_cmd_export)
-    try:
-        from medlearn.mama.cli_eval import add_eval_verbs
-    except ImportError as exc:  # evaluation verbs not built in this checkout
-        log.debug("mama evaluation verbs unavailable: %s", exc)
-    else:
-        add_eval_verbs(sub)
+    add_eval_verbs(sub)
+    d = sub.add_parser(
+        "demo", help="synthesise, prepare, pre-train the demo preset, evaluate, write a report"
+    )
+    d.add_argument("--out", default="runs/demo/mama", help="output folder")
+    d.add_argument("--fresh", action="store_true", help="recompute instead of reusing earlier outputs")
+    d.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from medlearn.report import Report
+
+    report = Report("medlearn mama demo")
+    summary = run_demo(Path(args.out), report, fresh=args.fresh)
+    path = report.write(Path(args.out) / "report.html")
+    print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, (dict, list))}, indent=2))
+    print(f"report: {path}")
+    return 0
 
 
 def _curves(metrics: list[dict], out: Path, n_val: int = 0) -> tuple[Path, Path]:
@@ -161,6 +171,10 @@ def run_demo(out: Path, report: Any, fresh: bool) -> dict:
         f"{n_val} validation images counts a hit when the retrieved report text equals the query's report "
         "(chance about k / N for top-k; the reports also hold patient facts no image shows).",
     )
+    from medlearn.mama.synth_figure import exam_figure
+
+    exams_png = exam_figure(synth_dir / "embed", out / "sample_exams.png", n_exams=2)
+    sec.image(exams_png, "sample synthetic exams (4 views; findings outlined from ROI_coords)")
     sec.image(loss_png, "loss terms per optimizer step")
     sec.image(ret_png, "validation retrieval top-1 / top-5")
     rows = [
@@ -173,13 +187,9 @@ def run_demo(out: Path, report: Any, fresh: bool) -> dict:
         [{"group": k, "trainable parameters": v} for k, v in summary["trainable"].items()],
         caption="trainable",
     )
-    try:
-        from medlearn.mama.evaluate import demo_evaluate
-    except ImportError as exc:  # evaluation package not built in this checkout
-        log.info("skipping the demo evaluation: %s", exc)
-        evaluation: dict = {}
-    else:
-        evaluation = demo_evaluate(summary["final"], prep_dir, out / "eval", sec)
+    from medlearn.mama.evaluate import demo_evaluate
+
+    evaluation = demo_evaluate(summary["final"], prep_dir, out / "eval", sec)
     res = {
         "steps": summary["step"],
         "data_s": round(t_data, 1),
