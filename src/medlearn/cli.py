@@ -86,7 +86,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         ],
         caption="machine",
     )
-    path = report.write(out / "report.html")
+    path = report.write(out / getattr(args, "report_name", "report.html"))
     print(f"report: {path}")
     return 0
 

@@ -14,6 +14,25 @@ def add_config_args(parser: argparse.ArgumentParser, default_config: str | None 
     )
 
 
+def add_demo_verb(subparsers: argparse._SubParsersAction, task: str, help: str) -> None:
+    """``medlearn <task> demo``: the same as ``medlearn demo --tasks <task>``.
+
+    Outputs go to ``<out>/<task>/`` (shared with the all-task demo, so results are reused) and the
+    one-task report to ``<out>/report_<task>.html``.
+    """
+    p = subparsers.add_parser("demo", help=help)
+    p.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")
+    p.add_argument("--fresh", action="store_true", help="recompute instead of reusing earlier outputs")
+    p.set_defaults(func=lambda args: _task_demo(task, args))
+
+
+def _task_demo(task: str, args: argparse.Namespace) -> int:
+    from medlearn.cli import _cmd_demo
+
+    ns = argparse.Namespace(out=args.out, fresh=args.fresh, tasks=task, report_name=f"report_{task}.html")
+    return _cmd_demo(ns)
+
+
 def setup_logging(verbose: bool = False) -> None:
     """Log INFO (or DEBUG) lines to stderr with a short format; idempotent."""
     logging.basicConfig(

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medlearn.cli_common import add_config_args
+from medlearn.cli_common import add_config_args, add_demo_verb
 from medlearn.config import load_config
 from medlearn.errors import ConfigError, DataError
 
@@ -127,17 +127,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from medlearn.report import Report
-
-    report = Report("medlearn itl demo")
-    summary = run_demo(Path(args.out), report, args.fresh)
-    path = report.write(Path(args.out) / "report.html")
-    print(json.dumps(summary, indent=2))
-    print(f"report: {path}")
-    return 0
-
-
 def add_verbs(sub: argparse._SubParsersAction) -> None:
     """Add the itl verbs to the ``medlearn itl`` sub-parser collection."""
     p = sub.add_parser("synth", help="write the synthetic six-site prostate benchmark")
@@ -175,10 +164,7 @@ def add_verbs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("demo", help="3-site sequence on synthetic data, with a report")
-    p.add_argument("--out", default="runs/demo/itl")
-    p.add_argument("--fresh", action="store_true")
-    p.set_defaults(func=_cmd_demo)
+    add_demo_verb(sub, "itl", "3-site sequence on synthetic data, with a report")
 
 
 # ---------------------------------------------------------------------------------------------- figures + demo

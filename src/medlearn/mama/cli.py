@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medlearn.cli_common import add_config_args
+from medlearn.cli_common import add_config_args, add_demo_verb
 from medlearn.errors import ConfigError
 
 HELP = "MaMA vision-language pre-training for mammography (multi-view, symmetric local alignment, LoRA LLM)"
@@ -77,23 +77,7 @@ def add_verbs(sub: argparse._SubParsersAction) -> None:
     )
     q.set_defaults(func=_cmd_export)
     add_eval_verbs(sub)
-    d = sub.add_parser(
-        "demo", help="synthesise, prepare, pre-train the demo preset, evaluate, write a report"
-    )
-    d.add_argument("--out", default="runs/demo/mama", help="output folder")
-    d.add_argument("--fresh", action="store_true", help="recompute instead of reusing earlier outputs")
-    d.set_defaults(func=_cmd_demo)
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from medlearn.report import Report
-
-    report = Report("medlearn mama demo")
-    summary = run_demo(Path(args.out), report, fresh=args.fresh)
-    path = report.write(Path(args.out) / "report.html")
-    print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, (dict, list))}, indent=2))
-    print(f"report: {path}")
-    return 0
+    add_demo_verb(sub, "mama", "synthesise, prepare, pre-train the demo preset, evaluate, write a report")
 
 
 def _curves(metrics: list[dict], out: Path, n_val: int = 0) -> tuple[Path, Path]:

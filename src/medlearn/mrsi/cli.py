@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medlearn.cli_common import add_config_args
+from medlearn.cli_common import add_config_args, add_demo_verb
 from medlearn.errors import ConfigError, DataError, MedlearnError
 
 HELP = "multi-scale MRSI super-resolution with metabolite and sharpness conditioning (Dong et al. 2022)"
@@ -132,17 +132,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from medlearn.report import Report
-
-    report = Report("medlearn mrsi demo")
-    summary = run_demo(Path(args.out), report, fresh=args.fresh)
-    path = report.write(Path(args.out) / "report.html")
-    print(json.dumps(summary, indent=2, default=str))
-    print(f"report: {path}")
-    return 0
-
-
 def add_verbs(sub: argparse._SubParsersAction) -> None:
     """Add the mrsi verbs to ``medlearn mrsi``."""
     p = sub.add_parser("synth", help="write the synthetic benchmark (MNI152 anatomy + simulated gliomas)")
@@ -190,10 +179,7 @@ def add_verbs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("demo", help="synthesise, train a demo model, evaluate, write a report")
-    p.add_argument("--out", default="runs/demo/mrsi")
-    p.add_argument("--fresh", action="store_true")
-    p.set_defaults(func=_cmd_demo)
+    add_demo_verb(sub, "mrsi", "synthesise, train a demo model, evaluate, write a report")
 
 
 # ------------------------------------------------------------------------------------------- demo
