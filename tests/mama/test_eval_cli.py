@@ -12,7 +12,7 @@ from sklearn.metrics import balanced_accuracy_score
 from medlearn.config import load_config
 from medlearn.engine import Checkpointer, prepare_run_dir
 from medlearn.errors import DataError
-from medlearn.io.dicom import write_dicom_mg
+from medlearn.io.dicom_write import write_dicom_mg
 from medlearn.mama.cli_eval import add_eval_verbs
 from medlearn.mama.config import MamaConfig
 from medlearn.mama.model import MamaModel

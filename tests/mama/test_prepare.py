@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from medlearn.errors import ConfigError, DataError
-from medlearn.io.dicom import write_dicom_mg
+from medlearn.io.dicom_write import write_dicom_mg
 from medlearn.mama.prepare import PrepareConfig, dicom_to_unit, load_image, prepare_dataset, save_image
 from medlearn.mama.synth import SynthConfig, generate
 

@@ -6,8 +6,8 @@ from medlearn.io.dicom import (
     output_range,
     read_dicom,
     read_dicom_header,
-    write_dicom_mg,
 )
+from medlearn.io.dicom_write import write_dicom_mg
 from medlearn.io.nifti import NiftiVolume, check_same_geometry, read_nifti, write_nifti
 
 __all__ = [

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from medlearn.errors import ConfigError
-from medlearn.io.dicom import write_dicom_mg
+from medlearn.io.dicom_write import write_dicom_mg
 from medlearn.mama.synth_image import Breast, Finding, render_view
 from medlearn.mama.tables import (
     CLINICAL_COLUMNS,
