@@ -29,24 +29,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from medlearn import _API
 from medlearn.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "TASKS",
-    "ITLSegmenter",
-    "MRSIPredictor",
-    "MamaPredictor",
-    "build_model",
-    "configs_dir",
-    "list_presets",
-    "load_itl",
-    "load_mama",
-    "load_mrsi",
-    "load_preset",
-    "train",
-]
+__all__ = list(_API)  # the one list of public names lives in medlearn/__init__.py
 
 TASKS = ("mrsi", "itl", "mama")
 CONFIGS_ENV = "MEDLEARN_CONFIGS"
