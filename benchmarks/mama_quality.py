@@ -34,8 +34,8 @@ import torch
 from medlearn.config import load_config
 from medlearn.engine import EngineConfig
 from medlearn.mama.config import MamaConfig
-from medlearn.mama.evaluate import EvalConfig, MamaEncoder, evaluate, load_pretrained, load_split_tables
-from medlearn.mama.linear_probe import ProbeConfig
+from medlearn.mama.eval.evaluate import EvalConfig, MamaEncoder, evaluate, load_pretrained, load_split_tables
+from medlearn.mama.eval.linear_probe import ProbeConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {
@@ -47,8 +47,8 @@ TASKS = ("density", "birads")
 
 
 def make_data(args: argparse.Namespace, out: Path) -> Path:
-    from medlearn.mama.prepare import PrepareConfig, prepare_dataset
-    from medlearn.mama.synth import SynthConfig, generate
+    from medlearn.mama.data.prepare import PrepareConfig, prepare_dataset
+    from medlearn.mama.data.synth import SynthConfig, generate
 
     synth, prep = out / "synth", out / "prepared"
     if not (synth / "synth_summary.json").is_file():
@@ -96,7 +96,7 @@ def train_labels_only(cfg: MamaConfig) -> Path:
         prepare_run_dir,
         seed_everything,
     )
-    from medlearn.mama.model import MamaModel
+    from medlearn.mama.modeling.model import MamaModel
     from medlearn.mama.train import build_datasets, collate
 
     run = Path(cfg.out)
@@ -140,7 +140,7 @@ def train_labels_only(cfg: MamaConfig) -> Path:
 
 def save_adapter(cfg: MamaConfig, ckpt: Path) -> None:
     """The loader expects the LoRA adapter folder; the labels-only text tower is the untrained one."""
-    from medlearn.mama.model import MamaModel
+    from medlearn.mama.modeling.model import MamaModel
 
     if cfg.model.text.lora_r > 0 and not (ckpt / "text_adapter").is_dir():
         MamaModel(cfg.model, cfg.loss).text.lm.save_pretrained(str(ckpt / "text_adapter"))
@@ -153,9 +153,9 @@ def head_metrics(res: dict[str, Any]) -> tuple[float, float]:
 
 def random_pointing(test: Any, image_root: Path, size: int, grid: int, seed: int = 0) -> float:
     """Pointing game of uniformly random maps (the chance level), averaged over 20 draws."""
-    from medlearn.mama.localisation import pointing_game, roi_boxes_to_input
-    from medlearn.mama.prepare import load_image
-    from medlearn.mama.transforms import foreground_box
+    from medlearn.mama.data.prepare import load_image
+    from medlearn.mama.data.transforms import foreground_box
+    from medlearn.mama.eval.localisation import pointing_game, roi_boxes_to_input
 
     rows = [
         r
@@ -196,7 +196,7 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the eval folder and result files (re-evaluations)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("medlearn.engine", "medlearn.mama.zero_shot", "medlearn.progress"):
+    for noisy in ("medlearn.engine", "medlearn.mama.eval.zero_shot", "medlearn.progress"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     out = Path(args.out)
     t0 = time.time()
@@ -254,8 +254,8 @@ def main() -> None:
                 )
                 row[f"{key}_{task}_bacc"], row[f"{key}_{task}_auc"] = head_metrics(lp)
         if name != "labels":
-            from medlearn.mama.localisation import evaluate_pointing
-            from medlearn.mama.report_text import ReportBuilder
+            from medlearn.mama.data.report_text import ReportBuilder
+            from medlearn.mama.eval.localisation import evaluate_pointing
 
             _, test, root = load_split_tables(EvalConfig(mode="zero-shot", task="birads", data=str(prep)))
             size = int(mcfg.model.image.image_size)

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import torch
 
 from medlearn.mama.config import HeadsConfig, ImageTowerConfig, LossConfig, ModelConfig, TextTowerConfig
-from medlearn.mama.losses import mama_loss, sla_loss
-from medlearn.mama.model import MamaModel
+from medlearn.mama.modeling.losses import mama_loss, sla_loss
+from medlearn.mama.modeling.model import MamaModel
 
 
 @dataclass

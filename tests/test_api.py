@@ -276,9 +276,9 @@ def mama_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def test_mama_round_trip_matches_the_task_code(mama_run: tuple[Path, Path]) -> None:
-    from medlearn.mama.export import load_checkpoint
-    from medlearn.mama.predict import collect_inputs, predict_files
-    from medlearn.mama.report_text import RSNA_PROMPTS
+    from medlearn.mama.data.report_text import RSNA_PROMPTS
+    from medlearn.mama.eval.predict import collect_inputs, predict_files
+    from medlearn.mama.modeling.export import load_checkpoint
 
     ckpt, synth = mama_run
     m = medlearn.load_mama(ckpt)

@@ -143,7 +143,7 @@ def build_model(
       n/met (B,) int64, lam (B,) float, mask (B, 1, H, W) or None -> (B, 1, H, W);
     * ``itl``: :class:`medlearn.itl.model.MultiSiteExpert`, (B, C, H, W) -> (B, K, H, W) logits
       (C = ``data.context``; a ``model.pretrained`` file is loaded when set);
-    * ``mama``: :class:`medlearn.mama.model.MamaModel` with ``encode_image`` (B, 3, S, S) -> (B, E)
+    * ``mama``: :class:`medlearn.mama.modeling.model.MamaModel` with ``encode_image`` (B, 3, S, S) -> (B, E)
       and ``encode_text`` (towers named by ``model.image.name`` / ``model.text.name``).
 
     Raises:
@@ -167,7 +167,7 @@ def build_model(
 
         net = build_itl(cfg.model, cfg.data.context)
     else:
-        from medlearn.mama.model import MamaModel
+        from medlearn.mama.modeling.model import MamaModel
 
         net = MamaModel(cfg.model, cfg.loss)
     return net.eval()
@@ -451,7 +451,7 @@ class MamaPredictor:
     (:meth:`preprocess` / :meth:`load_images` make them from [0, 1] pixels or DICOM/PNG files).
 
     Attributes:
-        model: :class:`medlearn.mama.model.MamaModel` (eval mode); config: its ``MamaConfig``.
+        model: :class:`medlearn.mama.modeling.model.MamaModel` (eval mode); config: its ``MamaConfig``.
     """
 
     def __init__(self, model: nn.Module, config: Any, device: torch.device) -> None:
@@ -503,7 +503,7 @@ class MamaPredictor:
             >>> m.zero_shot(torch.zeros(2, 3, 32, 32), ["Findings: negative.", "Findings: mass."]).shape
             (2, 2)
         """
-        from medlearn.mama.zero_shot import zero_shot_logits
+        from medlearn.mama.eval.zero_shot import zero_shot_logits
 
         img = torch.from_numpy(self.encode_images(images))
         if prompts and all(isinstance(p, str) for p in prompts):
@@ -521,7 +521,7 @@ class MamaPredictor:
 
     def preprocess(self, pixels: Any) -> np.ndarray:
         """(H, W) grey image in [0, 1] -> (3, S, S) model input (Otsu crop, resize, normalise)."""
-        from medlearn.mama.transforms import EvalTransform
+        from medlearn.mama.data.transforms import EvalTransform
 
         img = _array(pixels, "pixels", 2)
         return EvalTransform(self.image_size)(img).numpy()
@@ -532,7 +532,7 @@ class MamaPredictor:
         Raises:
             DataError: a file is missing or unreadable (the message names it).
         """
-        from medlearn.mama.predict import read_input
+        from medlearn.mama.eval.predict import read_input
 
         return np.stack([self.preprocess(read_input(Path(p), window).pixels) for p in paths])
 
@@ -550,7 +550,7 @@ def load_mama(checkpoint: str | Path, device: str | torch.device = "cpu") -> Mam
         >>> m = load_mama("runs/mama/checkpoints/final")  # doctest: +SKIP
         >>> m.zero_shot(images, ["Breast composition: fatty.", "Breast composition: dense."])  # doctest: +SKIP
     """
-    from medlearn.mama.evaluate import load_pretrained
+    from medlearn.mama.eval.evaluate import load_pretrained
 
     model, cfg = load_pretrained(checkpoint, device)
     return MamaPredictor(model, cfg, torch.device(device))

@@ -19,7 +19,7 @@ N, P, S, E, IN = 8, 3, 2, 4, 6
 
 
 class FeatureNet(nn.Module):
-    """(n, IN) -> the model outputs of :func:`medlearn.mama.losses.mama_loss`."""
+    """(n, IN) -> the model outputs of :func:`medlearn.mama.modeling.losses.mama_loss`."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -47,7 +47,7 @@ def batch() -> torch.Tensor:
 def run(mode: str, x: torch.Tensor, info) -> tuple[float, dict[str, torch.Tensor]]:  # noqa: ANN001
     """Loss and parameter gradients of one process's rows."""
     from medlearn.mama.config import LossConfig
-    from medlearn.mama.losses import mama_loss
+    from medlearn.mama.modeling.losses import mama_loss
 
     net = FeatureNet()
     cfg = LossConfig(gather=mode, sla=mode == "off")
@@ -61,7 +61,7 @@ def run(mode: str, x: torch.Tensor, info) -> tuple[float, dict[str, torch.Tensor
 def main(out: Path) -> None:
     import torch.distributed as dist
 
-    from medlearn.mama.distributed import gather_info
+    from medlearn.mama.modeling.distributed import gather_info
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()

@@ -85,8 +85,8 @@ def fake_collate(batch: list[dict]) -> dict:
 
 def write_prepared(root: Path, patients: int = 16) -> Path:
     """Synthetic EMBED-format DICOMs + tables on disk, prepared by the real ``prepare`` (small images)."""
-    from medlearn.mama.prepare import PrepareConfig, prepare_dataset
-    from medlearn.mama.synth import SynthConfig, generate
+    from medlearn.mama.data.prepare import PrepareConfig, prepare_dataset
+    from medlearn.mama.data.synth import SynthConfig, generate
 
     generate(root / "synth", SynthConfig(n_patients=patients, n_rsna_patients=1, long_side=128, seed=3))
     prepare_dataset(root / "prepared", embed_dir=root / "synth" / "embed", cfg=PrepareConfig(long_side=64))
@@ -95,7 +95,7 @@ def write_prepared(root: Path, patients: int = 16) -> Path:
 
 def deterministic_datasets(prepared: Path, image_size: int) -> tuple[Dataset, Dataset]:
     """Train and val datasets read through the real loader with evaluation transforms (no randomness)."""
-    from medlearn.mama.dataset import MammoDataset, load_prepared
+    from medlearn.mama.data.dataset import MammoDataset, load_prepared
 
     table, root = load_prepared(prepared)
     table = table[table["source"] == "embed"]

@@ -9,9 +9,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from medlearn.errors import DataError
-from medlearn.mama.dataset import MammoDataset, collate_mammo, load_prepared
-from medlearn.mama.prepare import PrepareConfig, prepare_dataset
-from medlearn.mama.synth import SynthConfig, generate
+from medlearn.mama.data.dataset import MammoDataset, collate_mammo, load_prepared
+from medlearn.mama.data.prepare import PrepareConfig, prepare_dataset
+from medlearn.mama.data.synth import SynthConfig, generate
 
 
 @pytest.fixture(scope="module")

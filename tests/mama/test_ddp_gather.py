@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medlearn.mama.distributed import GatherInfo
+from medlearn.mama.modeling.distributed import GatherInfo
 
 try:
     from tests.mama import pt_ddp_worker as worker

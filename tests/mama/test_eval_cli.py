@@ -15,7 +15,7 @@ from medlearn.errors import DataError
 from medlearn.io.dicom_write import write_dicom_mg
 from medlearn.mama.cli_eval import add_eval_verbs
 from medlearn.mama.config import MamaConfig
-from medlearn.mama.model import MamaModel
+from medlearn.mama.modeling.model import MamaModel
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "mama" / "tiny.yaml"
 
@@ -135,7 +135,7 @@ def test_predict_all_bad_returns_error_code_and_strict_raises(tmp_path, checkpoi
 
 def _prepared(tmp_path, rng, n=40):
     """A prepared folder (table.csv + PNG images) where density is visible as image brightness."""
-    from medlearn.mama.prepare import save_image
+    from medlearn.mama.data.prepare import save_image
 
     rows = []
     for i in range(n):
@@ -185,7 +185,7 @@ def test_evaluate_cli_linear_probe_writes_results(tmp_path, checkpoint):
 
 def test_evaluate_rejects_bad_mode_and_missing_data(tmp_path, checkpoint):
     from medlearn.errors import ConfigError
-    from medlearn.mama.evaluate import EvalConfig, evaluate
+    from medlearn.mama.eval.evaluate import EvalConfig, evaluate
 
     with pytest.raises(ConfigError, match="mode"):
         EvalConfig(mode="knn")
@@ -205,8 +205,8 @@ def test_evaluate_rejects_bad_mode_and_missing_data(tmp_path, checkpoint):
 def test_evaluate_zero_shot_and_finetune_metrics_match_predictions(tmp_path, checkpoint, mode):
     import json
 
-    from medlearn.mama.evaluate import EvalConfig, evaluate
-    from medlearn.mama.linear_probe import ProbeConfig
+    from medlearn.mama.eval.evaluate import EvalConfig, evaluate
+    from medlearn.mama.eval.linear_probe import ProbeConfig
 
     data = _prepared(tmp_path / "prep", np.random.default_rng(2))
     cfg = EvalConfig(mode=mode, task="density", checkpoint=str(checkpoint), data=str(data), out=str(tmp_path / "e"),
@@ -223,7 +223,7 @@ def test_evaluate_zero_shot_and_finetune_metrics_match_predictions(tmp_path, che
 
 
 def test_demo_evaluate_fills_report_section(tmp_path, checkpoint):
-    from medlearn.mama.evaluate import demo_evaluate
+    from medlearn.mama.eval.evaluate import demo_evaluate
     from medlearn.report import Report
 
     data = _prepared(tmp_path / "prep", np.random.default_rng(3))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from medlearn.mama import localisation as L
+from medlearn.mama.eval import localisation as L
 
 
 def test_similarity_map_is_patch_sentence_cosine():
@@ -47,7 +47,7 @@ def test_sentences_follow_separator_order():
 
 def test_roi_boxes_follow_prepare_and_eval_geometry():
     """Map a box through the prepare crop/scale and the eval crop/resize; compare with where its pixels land."""
-    from medlearn.mama.transforms import EvalTransform, foreground_box, resize
+    from medlearn.mama.data.transforms import EvalTransform, foreground_box, resize
 
     h, w = 200, 160
     img = np.zeros((h, w), np.float32)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from medlearn.mama import metrics as M
+from medlearn.mama.eval import metrics as M
 
 
 def test_balanced_accuracy_confusion_per_class_hand_case():

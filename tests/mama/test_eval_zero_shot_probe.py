@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from medlearn.engine import EngineConfig, build_accelerator
-from medlearn.mama import zero_shot as Z
-from medlearn.mama.linear_probe import (
+from medlearn.mama.data.report_text import RSNA_PROMPTS, ReportBuilder
+from medlearn.mama.eval import zero_shot as Z
+from medlearn.mama.eval.linear_probe import (
     BalancedBatches,
     ProbeConfig,
     predict_head,
     train_probe_on_features,
 )
-from medlearn.mama.report_text import RSNA_PROMPTS, ReportBuilder
 
 PHRASES = ("almost entirely fatty", "scattered areas", "heterogeneously dense", "extremely dense")
 
@@ -148,7 +148,7 @@ def test_linear_probe_resume_matches_uninterrupted(tmp_path):
     whole, _ = train_probe_on_features(x, y, 3, cfg, acc, tmp_path / "a", seed=3)
 
     # an interrupted run: the first attempt stops after its step-20 checkpoint
-    import medlearn.mama.linear_probe as LP
+    import medlearn.mama.eval.linear_probe as LP
 
     real = LP.feature_batches
 

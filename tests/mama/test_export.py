@@ -10,7 +10,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from medlearn.cli import main as cli_main
 from medlearn.errors import DataError
-from medlearn.mama.export import export, load_checkpoint
+from medlearn.mama.modeling.export import export, load_checkpoint
 from medlearn.mama.train import train
 
 try:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from medlearn.mama.config import LossConfig
-from medlearn.mama.losses import (
+from medlearn.mama.modeling.losses import (
     clip_loss,
     mama_loss,
     nt_xent_loss,

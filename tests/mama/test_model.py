@@ -10,8 +10,8 @@ import torch
 from medlearn.config import load_config
 from medlearn.errors import ConfigError
 from medlearn.mama.config import MamaConfig
-from medlearn.mama.model import MamaModel, count_trainable
-from medlearn.mama.retrieval import retrieval_topk
+from medlearn.mama.eval.retrieval import retrieval_topk
+from medlearn.mama.modeling.model import MamaModel, count_trainable
 
 try:
     from tests.mama.pt_fakes import TINY

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from medlearn.errors import DataError
-from medlearn.mama.pairing import PairingIndex
+from medlearn.mama.data.pairing import PairingIndex
 
 
 def _table(seed=0, n_patients=30):

@@ -10,8 +10,8 @@ import pytest
 
 from medlearn.errors import ConfigError, DataError
 from medlearn.io.dicom_write import write_dicom_mg
-from medlearn.mama.prepare import PrepareConfig, dicom_to_unit, load_image, prepare_dataset, save_image
-from medlearn.mama.synth import SynthConfig, generate
+from medlearn.mama.data.prepare import PrepareConfig, dicom_to_unit, load_image, prepare_dataset, save_image
+from medlearn.mama.data.synth import SynthConfig, generate
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +117,7 @@ def test_cli_synth_then_prepare(tmp_path):
     import argparse
 
     from medlearn.mama.cli_data import add_data_verbs
-    from medlearn.mama.dataset import load_prepared
+    from medlearn.mama.data.dataset import load_prepared
 
     parser = argparse.ArgumentParser()
     add_data_verbs(parser.add_subparsers())
@@ -189,7 +189,7 @@ def test_prepare_resumes_after_interruption(synth_dir, tmp_path):
 
 
 def test_cached_roi_boxes_hand_computed():
-    from medlearn.mama.prepare import cached_roi_boxes
+    from medlearn.mama.data.prepare import cached_roi_boxes
 
     row = {"roi_coords": "[[50, 10, 70, 30], [0, 0, 5, 5]]", "crop_y0": 40, "crop_x0": 0, "crop_y1": 140,
            "crop_x1": 60, "scale": 0.5}  # fmt: skip

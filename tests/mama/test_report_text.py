@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medlearn.mama.report_text import RSNA_PROMPTS, ReportBuilder
-from medlearn.mama.tables import merge_embed
+from medlearn.mama.data.report_text import RSNA_PROMPTS, ReportBuilder
+from medlearn.mama.data.tables import merge_embed
 
 ROW = {
     "study_description": "MG Screening Bilateral",

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from medlearn.errors import ConfigError, DataError
-from medlearn.mama.splits import balanced_test_subset, patient_split, write_splits
+from medlearn.mama.data.splits import balanced_test_subset, patient_split, write_splits
 
 
 def _table(n_patients=500, seed=0):

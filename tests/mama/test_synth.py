@@ -9,9 +9,9 @@ import pandas as pd
 import pydicom
 import pytest
 
-from medlearn.mama.synth import SynthConfig, generate
-from medlearn.mama.synth_image import Breast, Finding, power_law_noise, render_view
-from medlearn.mama.tables import RSNA_COLUMNS, read_embed, read_rsna
+from medlearn.mama.data.synth import SynthConfig, generate
+from medlearn.mama.data.synth_image import Breast, Finding, power_law_noise, render_view
+from medlearn.mama.data.tables import RSNA_COLUMNS, read_embed, read_rsna
 
 LONG = 128
 
@@ -145,7 +145,7 @@ def test_deterministic_and_worker_independent(synth_dir, tmp_path):
 def test_exam_figure(synth_dir, tmp_path):
     from PIL import Image
 
-    from medlearn.mama.synth_figure import exam_figure
+    from medlearn.mama.data.synth_figure import exam_figure
 
     out = exam_figure(synth_dir / "embed", tmp_path / "fig.png", n_exams=1)
     with Image.open(out) as im:
@@ -153,7 +153,7 @@ def test_exam_figure(synth_dir, tmp_path):
 
 
 def test_synthetic_monochrome1_reads_tissue_bright(synth_dir):
-    from medlearn.mama.prepare import dicom_to_unit
+    from medlearn.mama.data.prepare import dicom_to_unit
 
     meta = pd.read_csv(synth_dir / "embed" / "EMBED_OpenData_metadata.csv", dtype=str)
     seen = set()

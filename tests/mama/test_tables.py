@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from medlearn.errors import DataError
-from medlearn.mama.tables import (
+from medlearn.mama.data.tables import (
     CLINICAL_COLUMNS,
     METADATA_COLUMNS,
     RSNA_COLUMNS,
@@ -172,7 +172,7 @@ def test_parse_roi_coords():
 
 
 def test_find_embed_tables(tmp_path):
-    from medlearn.mama.tables import find_embed_tables
+    from medlearn.mama.data.tables import find_embed_tables
 
     (tmp_path / "tables").mkdir()
     for name in ("EMBED_OpenData_metadata_reduced.csv", "EMBED_OpenData_clinical_reduced.csv",

@@ -7,8 +7,8 @@ import torch
 
 from medlearn.errors import ConfigError
 from medlearn.mama.config import ImageTowerConfig, TextTowerConfig
-from medlearn.mama.image_tower import ImageTower
-from medlearn.mama.text_tower import TextTower
+from medlearn.mama.modeling.image_tower import ImageTower
+from medlearn.mama.modeling.text_tower import TextTower
 
 IMAGE_ARCH = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
               "patch_size": 8, "num_register_tokens": 4}  # fmt: skip
@@ -126,7 +126,7 @@ def test_pretrained_minilm_text_tower_loads_offline():
 
 
 def test_encoder_tokenizer_without_separator_is_refused():
-    from medlearn.mama.text_tower import ReportTokenizer
+    from medlearn.mama.modeling.text_tower import ReportTokenizer
 
     class NoSep:
         sep_token = None

@@ -9,9 +9,9 @@ from safetensors.torch import load_file
 
 from medlearn.engine import read_metrics, seed_everything
 from medlearn.mama.cli import preset_path
-from medlearn.mama.export import load_checkpoint
-from medlearn.mama.losses import mama_loss
-from medlearn.mama.model import MamaModel
+from medlearn.mama.modeling.export import load_checkpoint
+from medlearn.mama.modeling.losses import mama_loss
+from medlearn.mama.modeling.model import MamaModel
 from medlearn.mama.train import build_datasets, train
 
 try:
@@ -36,7 +36,7 @@ def run_a(prepared, tmp_path_factory):
 
 
 def _batch_loss(model: MamaModel, cfg, ds) -> float:
-    from medlearn.mama.dataset import collate_mammo
+    from medlearn.mama.data.dataset import collate_mammo
 
     batch = collate_mammo([ds[i] for i in range(8)])
     enc = model.tokenizer(batch["report"])

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from medlearn.mama.transforms import (
+from medlearn.mama.data.transforms import (
     EvalTransform,
     TrainTransform,
     foreground_box,

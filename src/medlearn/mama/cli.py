@@ -48,7 +48,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from medlearn.mama.export import export
+    from medlearn.mama.modeling.export import export
 
     out = export(args.checkpoint, args.out, merge=not args.separate_adapters, config=args.config)
     print(f"exported to {out}")
@@ -121,8 +121,8 @@ def run_demo(out: Path, report: Any, fresh: bool) -> dict:
     from medlearn.config import load_config
     from medlearn.engine import read_metrics
     from medlearn.mama.config import MamaConfig
-    from medlearn.mama.prepare import PrepareConfig, prepare_dataset
-    from medlearn.mama.synth import SynthConfig, generate
+    from medlearn.mama.data.prepare import PrepareConfig, prepare_dataset
+    from medlearn.mama.data.synth import SynthConfig, generate
     from medlearn.mama.train import train
 
     out = Path(out)
@@ -155,7 +155,7 @@ def run_demo(out: Path, report: Any, fresh: bool) -> dict:
         f"{n_val} validation images counts a hit when the retrieved report text equals the query's report "
         "(chance about k / N for top-k; the reports also hold patient facts no image shows).",
     )
-    from medlearn.mama.synth_figure import exam_figure
+    from medlearn.mama.data.synth_figure import exam_figure
 
     exams_png = exam_figure(synth_dir / "embed", out / "sample_exams.png", n_exams=2)
     sec.image(exams_png, "sample synthetic exams (4 views; findings outlined from ROI_coords)")
@@ -171,7 +171,7 @@ def run_demo(out: Path, report: Any, fresh: bool) -> dict:
         [{"group": k, "trainable parameters": v} for k, v in summary["trainable"].items()],
         caption="trainable",
     )
-    from medlearn.mama.evaluate import demo_evaluate
+    from medlearn.mama.eval.evaluate import demo_evaluate
 
     evaluation = demo_evaluate(summary["final"], prep_dir, out / "eval", sec)
     res = {

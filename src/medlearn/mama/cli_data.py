@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from medlearn.mama.synth import SynthConfig, generate
+    from medlearn.mama.data.synth import SynthConfig, generate
 
     cfg = SynthConfig(
         n_patients=args.patients,
@@ -31,7 +31,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from medlearn.mama.prepare import PrepareConfig, prepare_dataset
+    from medlearn.mama.data.prepare import PrepareConfig, prepare_dataset
 
     embed, rsna = args.embed, args.rsna
     if args.synth:  # a folder written by `medlearn mama synth`

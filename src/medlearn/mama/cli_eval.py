@@ -7,14 +7,14 @@ import json
 from pathlib import Path
 
 from medlearn.cli_common import add_config_args
-from medlearn.mama.evaluate import MODES
-from medlearn.mama.zero_shot import TASK_CLASSES
+from medlearn.mama.eval.evaluate import MODES
+from medlearn.mama.eval.zero_shot import TASK_CLASSES
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from medlearn.config import load_config
-    from medlearn.mama.eval_figures import summary_rows
-    from medlearn.mama.evaluate import EvalConfig, evaluate
+    from medlearn.mama.eval.evaluate import EvalConfig, evaluate
+    from medlearn.mama.eval.figures import summary_rows
 
     flags = [f"mode={args.mode}", f"task={args.task}", f"checkpoint={args.checkpoint}", f"data={args.data}"]
     if args.out:
@@ -35,8 +35,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from medlearn.mama.evaluate import load_pretrained
-    from medlearn.mama.predict import load_head, predict_files
+    from medlearn.mama.eval.evaluate import load_pretrained
+    from medlearn.mama.eval.predict import load_head, predict_files
 
     model, mcfg = load_pretrained(args.checkpoint)
     head = load_head(args.head, model, args.task) if args.head else None

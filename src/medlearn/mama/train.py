@@ -33,10 +33,10 @@ from medlearn.engine import (
 )
 from medlearn.errors import ConfigError, DataError
 from medlearn.mama.config import MamaConfig
-from medlearn.mama.distributed import GatherInfo, gather_info
-from medlearn.mama.losses import mama_loss, report_keys
-from medlearn.mama.model import MamaModel, count_trainable
-from medlearn.mama.retrieval import embed_batches, retrieval_topk
+from medlearn.mama.eval.retrieval import embed_batches, retrieval_topk
+from medlearn.mama.modeling.distributed import GatherInfo, gather_info
+from medlearn.mama.modeling.losses import mama_loss, report_keys
+from medlearn.mama.modeling.model import MamaModel, count_trainable
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def build_datasets(cfg: MamaConfig) -> tuple[Dataset, Dataset]:
         raise ConfigError(
             "data.prepared_dir is not set (run `medlearn mama prepare` and pass data.prepared_dir=DIR)"
         )
-    from medlearn.mama.dataset import MammoDataset, load_prepared
+    from medlearn.mama.data.dataset import MammoDataset, load_prepared
 
     table, image_root = load_prepared(cfg.data.prepared_dir)
     if "source" in table.columns:
@@ -99,7 +99,7 @@ def build_datasets(cfg: MamaConfig) -> tuple[Dataset, Dataset]:
 
 def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
     """The data package's ``collate_mammo`` (stacked images, list of reports)."""
-    from medlearn.mama.dataset import collate_mammo
+    from medlearn.mama.data.dataset import collate_mammo
 
     return collate_mammo(batch)
 

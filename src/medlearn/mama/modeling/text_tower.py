@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from medlearn.errors import ConfigError
 from medlearn.mama.config import TextTowerConfig
-from medlearn.mama.image_tower import enable_checkpointing
+from medlearn.mama.modeling.image_tower import enable_checkpointing
 
 log = logging.getLogger(__name__)
 

@@ -119,7 +119,7 @@ def roi_boxes_to_input(
         otsu_box: (y0, x0, y1, x1) of the evaluation transform's crop of the cached image (None: no crop).
         size: S.
     """
-    from medlearn.mama.tables import parse_roi_coords
+    from medlearn.mama.data.tables import parse_roi_coords
 
     boxes = parse_roi_coords(str(row.get("roi_coords", "") or ""))
     if not boxes:
@@ -239,8 +239,8 @@ def evaluate_pointing(
     :func:`pick_sentence` (the mass / calcification sentence, else "Findings"). Writes up to
     ``n_heatmaps`` overlay PNGs to ``heatmap_dir``.
     """
-    from medlearn.mama.prepare import load_image
-    from medlearn.mama.transforms import EvalTransform, foreground_box
+    from medlearn.mama.data.prepare import load_image
+    from medlearn.mama.data.transforms import EvalTransform, foreground_box
 
     rows = [
         r

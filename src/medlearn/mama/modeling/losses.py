@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from medlearn.mama.config import LossConfig
-from medlearn.mama.distributed import GatherInfo, gather_no_grad, gather_with_grad
+from medlearn.mama.modeling.distributed import GatherInfo, gather_no_grad, gather_with_grad
 
 
 def contrastive_targets(n_local: int, rank: int, device: torch.device) -> Tensor:

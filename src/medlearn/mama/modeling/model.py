@@ -1,6 +1,6 @@
 """The MaMA model: image tower + text tower + heads, returning every feature the losses need.
 
-Losses are not computed here (see :mod:`medlearn.mama.losses`); the model only maps a batch to
+Losses are not computed here (see :mod:`medlearn.mama.modeling.losses`); the model only maps a batch to
 normalised embeddings, so the same forward serves training, retrieval and export.
 """
 
@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from medlearn.mama.config import LossConfig, ModelConfig
-from medlearn.mama.heads import MamaHeads
-from medlearn.mama.image_tower import ImageTower
-from medlearn.mama.text_tower import TextTower
+from medlearn.mama.modeling.heads import MamaHeads
+from medlearn.mama.modeling.image_tower import ImageTower
+from medlearn.mama.modeling.text_tower import TextTower
 
 
 class MamaModel(nn.Module):

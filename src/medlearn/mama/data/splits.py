@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from medlearn.errors import ConfigError
-from medlearn.mama.tables import validate_columns
+from medlearn.mama.data.tables import validate_columns
 
 SPLITS = ("train", "val", "test")
 

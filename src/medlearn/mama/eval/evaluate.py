@@ -2,12 +2,12 @@
 
 One call evaluates one (mode, task) pair on a prepared dataset (``medlearn mama prepare``):
 
-* ``zero-shot``: per-image prompts (:mod:`medlearn.mama.zero_shot`), no training;
+* ``zero-shot``: per-image prompts (:mod:`medlearn.mama.eval.zero_shot`), no training;
 * ``linear-probe``: frozen image tower + linear head on the pooled feature (cached features by
-  default), trained on the ``train`` split (:mod:`medlearn.mama.linear_probe`);
-* ``finetune``: the same head with the image tower unfrozen (:mod:`medlearn.mama.finetune`).
+  default), trained on the ``train`` split (:mod:`medlearn.mama.eval.linear_probe`);
+* ``finetune``: the same head with the image tower unfrozen (:mod:`medlearn.mama.eval.finetune`).
 
-Metrics (:mod:`medlearn.mama.metrics`) are computed on the full ``test`` split and on the
+Metrics (:mod:`medlearn.mama.eval.metrics`) are computed on the full ``test`` split and on the
 balanced test subset (per class max(10%, 200) images, seed 42), per image and, where the table has
 several views per breast (RSNA; ``breast_level``), per breast (max over the breast's views).
 Outputs in ``out``: ``metrics.json``, ``metrics.csv`` (one row per subset and level),
@@ -35,9 +35,9 @@ from torch.utils.data import DataLoader
 from medlearn.config import save_config
 from medlearn.engine import EngineConfig, build_accelerator, seed_everything
 from medlearn.errors import ConfigError, DataError, MedlearnError
-from medlearn.mama import metrics as M
-from medlearn.mama.linear_probe import ProbeConfig
-from medlearn.mama.zero_shot import TASK_CLASSES
+from medlearn.mama.eval import metrics as M
+from medlearn.mama.eval.linear_probe import ProbeConfig
+from medlearn.mama.eval.zero_shot import TASK_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -121,15 +121,15 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
 
 
 def load_pretrained(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, Any]:
-    """Rebuild a pre-trained :class:`~medlearn.mama.model.MamaModel` from a checkpoint or run folder (eval mode).
+    """Rebuild a pre-trained :class:`~medlearn.mama.modeling.model.MamaModel` from a checkpoint or run folder (eval mode).
 
-    Delegates to :func:`medlearn.mama.export.load_checkpoint` (image tower + heads from safetensors,
+    Delegates to :func:`medlearn.mama.modeling.export.load_checkpoint` (image tower + heads from safetensors,
     LoRA from the checkpoint's peft adapter, frozen language model rebuilt from the run config).
 
     Returns:
         (model, the run's ``MamaConfig``).
     """
-    from medlearn.mama.export import load_checkpoint
+    from medlearn.mama.modeling.export import load_checkpoint
 
     ckpt, cfg_path = resolve_checkpoint(path)
     model, cfg = load_checkpoint(ckpt, cfg_path)
@@ -213,7 +213,7 @@ def select_source(table: pd.DataFrame, task: str, source: str) -> pd.DataFrame:
 
 def load_split_tables(cfg: EvalConfig) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
     """(train rows, test rows, image root) with known labels for ``cfg.task``; legend in ``test.attrs``."""
-    from medlearn.mama.dataset import load_prepared
+    from medlearn.mama.data.dataset import load_prepared
 
     if not cfg.data:
         raise ConfigError("--data (prepared data folder) is required")
@@ -246,7 +246,7 @@ def make_loader(
     workers: int = 0,
 ) -> DataLoader:
     """A sequential loader of ``MammoDataset`` items (eval transforms unless ``train``)."""
-    from medlearn.mama.dataset import MammoDataset, collate_mammo
+    from medlearn.mama.data.dataset import MammoDataset, collate_mammo
 
     ds = MammoDataset(table, image_root, train=train, image_size=image_size)
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_mammo)
@@ -254,7 +254,7 @@ def make_loader(
 
 def balanced_mask(test: pd.DataFrame, task: str, seed: int = 42) -> np.ndarray:
     """(N,) bool: rows of ``test`` in the balanced test subset."""
-    from medlearn.mama.splits import balanced_test_subset
+    from medlearn.mama.data.splits import balanced_test_subset
 
     sub = balanced_test_subset(test, task, seed=seed)
     return test["image_id"].astype(str).isin(set(sub["image_id"].astype(str))).to_numpy()
@@ -305,7 +305,7 @@ def write_outputs(
     masks: dict[str, np.ndarray],
 ) -> list[tuple[Path, str]]:
     """``metrics.json``, ``metrics.csv``, ``predictions.csv`` and figures; returns the figures."""
-    from medlearn.mama.eval_figures import summary_rows, write_figures
+    from medlearn.mama.eval.figures import summary_rows, write_figures
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(results, indent=2, default=str))
@@ -327,8 +327,8 @@ def write_outputs(
 def _zero_shot(
     encoder: MamaEncoder, test: pd.DataFrame, image_root: Path, size: int, cfg: EvalConfig, legend: Any = None
 ) -> np.ndarray:
-    from medlearn.mama.report_text import ReportBuilder
-    from medlearn.mama.zero_shot import run_zero_shot
+    from medlearn.mama.data.report_text import ReportBuilder
+    from medlearn.mama.eval.zero_shot import run_zero_shot
 
     loader = make_loader(test, image_root, size, cfg.batch_size, workers=cfg.engine.num_workers)
     rows = {str(r["image_id"]): r for r in test.to_dict(orient="records")}
@@ -346,8 +346,8 @@ def _probe_or_finetune(
     cfg: EvalConfig,
     out: Path,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    from medlearn.mama.finetune import train_image_classifier
-    from medlearn.mama.linear_probe import extract_features, predict_head, train_probe_on_features
+    from medlearn.mama.eval.finetune import train_image_classifier
+    from medlearn.mama.eval.linear_probe import extract_features, predict_head, train_probe_on_features
 
     if train.empty:
         raise DataError(f"{cfg.data}: no training image with a known '{cfg.task}' label")
@@ -473,9 +473,9 @@ def demo_evaluate(
     Returns:
         ``{"zero_shot_bacc", "zero_shot_auc", "probe_bacc", "probe_auc", "pointing_game", "n_pointing", "seconds"}``.
     """
-    from medlearn.mama.eval_figures import summary_rows
-    from medlearn.mama.localisation import evaluate_pointing
-    from medlearn.mama.report_text import ReportBuilder
+    from medlearn.mama.data.report_text import ReportBuilder
+    from medlearn.mama.eval.figures import summary_rows
+    from medlearn.mama.eval.localisation import evaluate_pointing
 
     t0 = time.time()
     out = Path(out_dir)

@@ -75,7 +75,7 @@ def prompts_for_rows(
         raise ValueError(f"zero-shot task {task!r}: expected one of {sorted(TASK_CLASSES)}")
     if task == "cancer":
         if rsna_prompts is None:
-            from medlearn.mama.report_text import RSNA_PROMPTS
+            from medlearn.mama.data.report_text import RSNA_PROMPTS
 
             rsna_prompts = RSNA_PROMPTS
         return [list(rsna_prompts) for _ in rows]

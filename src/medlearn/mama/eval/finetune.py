@@ -5,7 +5,7 @@ Fine-tuning trains both with the linear-probe SGD recipe (reference); with ``fre
 the same code is the reference's uncached linear probe (tower frozen and kept in eval mode,
 forward recomputed every step, training augmentation applied).
 
-Batches are class-balanced and seeded per step (:class:`~medlearn.mama.linear_probe.BalancedBatches`),
+Batches are class-balanced and seeded per step (:class:`~medlearn.mama.eval.linear_probe.BalancedBatches`),
 so a resumed run sees the same images as an uninterrupted one.
 """
 
@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from medlearn.mama.linear_probe import (
+from medlearn.mama.eval.linear_probe import (
     BalancedBatches,
     LinearHead,
     ProbeConfig,
@@ -112,7 +112,7 @@ def train_image_classifier(
     Training items use the dataset's training transforms (augmentation); test items the
     evaluation transforms. Batches of ``cfg.batch_size`` are class-balanced when ``cfg.balanced``.
     """
-    from medlearn.mama.dataset import MammoDataset, collate_mammo
+    from medlearn.mama.data.dataset import MammoDataset, collate_mammo
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from medlearn.mama.tables import validate_columns
+from medlearn.mama.data.tables import validate_columns
 
 
 class PairingIndex:

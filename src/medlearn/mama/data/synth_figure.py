@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medlearn.mama.prepare import dicom_to_unit
-from medlearn.mama.tables import ASSES_TO_BIRADS, find_embed_tables, parse_roi_coords, read_csv_checked
+from medlearn.mama.data.prepare import dicom_to_unit
+from medlearn.mama.data.tables import ASSES_TO_BIRADS, find_embed_tables, parse_roi_coords, read_csv_checked
 
 VIEW_ORDER = (("R", "CC"), ("L", "CC"), ("R", "MLO"), ("L", "MLO"))
 

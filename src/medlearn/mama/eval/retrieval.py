@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from medlearn.mama.losses import report_keys
+from medlearn.mama.modeling.losses import report_keys
 
 
 def retrieval_topk(
@@ -51,7 +51,7 @@ def embed_batches(
     """Embed (image, report) pairs with ``model.encode_image`` / ``encode_text`` in eval mode.
 
     Args:
-        model: an (unwrapped) :class:`~medlearn.mama.model.MamaModel`.
+        model: an (unwrapped) :class:`~medlearn.mama.modeling.model.MamaModel`.
         batches: collated batches with ``image`` (B, 3, H, W) and ``report`` (list of str).
         device: where to run.
     Returns:

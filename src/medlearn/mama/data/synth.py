@@ -32,8 +32,8 @@ import pandas as pd
 
 from medlearn.errors import ConfigError
 from medlearn.io.dicom_write import write_dicom_mg
-from medlearn.mama.synth_image import Breast, Finding, render_view
-from medlearn.mama.tables import (
+from medlearn.mama.data.synth_image import Breast, Finding, render_view
+from medlearn.mama.data.tables import (
     CLINICAL_COLUMNS,
     CLINICAL_OPTIONAL,
     METADATA_COLUMNS,

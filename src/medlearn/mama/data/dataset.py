@@ -28,11 +28,11 @@ import torch
 from torch.utils.data import Dataset
 
 from medlearn.errors import DataError
-from medlearn.mama.pairing import PairingIndex
-from medlearn.mama.prepare import load_image
-from medlearn.mama.report_text import ReportBuilder
-from medlearn.mama.tables import validate_columns
-from medlearn.mama.transforms import EvalTransform, TrainTransform
+from medlearn.mama.data.pairing import PairingIndex
+from medlearn.mama.data.prepare import load_image
+from medlearn.mama.data.report_text import ReportBuilder
+from medlearn.mama.data.tables import validate_columns
+from medlearn.mama.data.transforms import EvalTransform, TrainTransform
 
 REQUIRED = ("image_id", "patient_id", "exam_id", "image_path", "laterality", "birads", "density", "cancer")
 STRING_COLUMNS = (
@@ -47,7 +47,7 @@ def load_prepared(prepared_dir: str | Path) -> tuple[pd.DataFrame, Path]:
 
     The legend used for reports is attached as ``table.attrs["legend"]`` ({header: {code: meaning}}).
     """
-    from medlearn.mama.tables import read_legend
+    from medlearn.mama.data.tables import read_legend
 
     root = Path(prepared_dir)
     path = root / "table.csv"

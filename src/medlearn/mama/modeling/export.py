@@ -24,7 +24,7 @@ from medlearn.config import load_config, to_dict
 from medlearn.engine import load_weights
 from medlearn.errors import DataError
 from medlearn.mama.config import MamaConfig
-from medlearn.mama.model import MamaModel
+from medlearn.mama.modeling.model import MamaModel
 from medlearn.mama.train import ADAPTER_DIR
 
 log = logging.getLogger(__name__)

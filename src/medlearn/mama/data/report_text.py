@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medlearn.mama.tables import ASSES_TO_BIRADS, DEFAULT_LEGEND
+from medlearn.mama.data.tables import ASSES_TO_BIRADS, DEFAULT_LEGEND
 
 UNKNOWN = "unknown"
 BIRADS_NAMES = (

@@ -145,7 +145,7 @@ def _process(job: tuple[str, str, dict]) -> dict[str, Any]:
     """Worker: one DICOM -> one cached image. Returns crop/scale info or an error message."""
     import torch
 
-    from medlearn.mama.transforms import foreground_box, resize
+    from medlearn.mama.data.transforms import foreground_box, resize
 
     src, dst, opts = job
     torch.set_num_threads(1)
@@ -270,8 +270,8 @@ def prepare_dataset(
     Returns:
         the report dict also written to ``prepare_report.json``.
     """
-    from medlearn.mama.splits import patient_split, write_splits
-    from medlearn.mama.tables import DEFAULT_LEGEND, legend_table, read_embed, read_rsna
+    from medlearn.mama.data.splits import patient_split, write_splits
+    from medlearn.mama.data.tables import DEFAULT_LEGEND, legend_table, read_embed, read_rsna
 
     cfg.check()
     if embed_dir is None and rsna_dir is None:
@@ -388,7 +388,7 @@ def cached_roi_boxes(row: Any) -> list[tuple[float, float, float, float]]:
     ``(y - crop_y0) * scale`` and ``(x - crop_x0) * scale``, clipped to the cached image; boxes that
     fall outside the crop are dropped. Returns ``(ymin, xmin, ymax, xmax)`` floats.
     """
-    from medlearn.mama.tables import parse_roi_coords
+    from medlearn.mama.data.tables import parse_roi_coords
 
     s, y0, x0 = float(row["scale"]), float(row["crop_y0"]), float(row["crop_x0"])
     h, w = (float(row["crop_y1"]) - y0) * s, (float(row["crop_x1"]) - x0) * s

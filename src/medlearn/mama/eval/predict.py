@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from medlearn.errors import ConfigError, DataError
-from medlearn.mama.zero_shot import TASK_CLASSES
+from medlearn.mama.eval.zero_shot import TASK_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def read_input(path: Path, window: str = "voi") -> InputImage:
     Raises:
         DataError: missing, unreadable or non-image file (the message names the file).
     """
-    from medlearn.mama.prepare import dicom_to_unit, load_image
+    from medlearn.mama.data.prepare import dicom_to_unit, load_image
 
     if not path.is_file():
         raise DataError(f"{path}: file not found")
@@ -110,7 +110,7 @@ def load_head(eval_dir: str | Path, model: nn.Module, task: str) -> nn.Module:
     import yaml
 
     from medlearn.engine import load_weights
-    from medlearn.mama.finetune import TowerClassifier
+    from medlearn.mama.eval.finetune import TowerClassifier
 
     eval_dir = Path(eval_dir)
     cfg_file = eval_dir / "eval_config.yaml"
@@ -138,7 +138,7 @@ def load_head(eval_dir: str | Path, model: nn.Module, task: str) -> nn.Module:
 
 
 def _pick_tail_sentence(report: str, task: str) -> int:
-    from medlearn.mama.localisation import pick_sentence, split_sentences
+    from medlearn.mama.eval.localisation import pick_sentence, split_sentences
 
     return pick_sentence(split_sentences(report), TAIL_SENTENCE[task])
 
@@ -162,11 +162,11 @@ def predict_files(
         (images, breasts): ``images`` has one row per input with ``file``, ``status`` (ok/error),
         ``error``, ids, ``p_<class>`` columns, ``pred``; ``breasts`` one row per (patient, laterality).
     """
-    from medlearn.mama.evaluate import MamaEncoder
-    from medlearn.mama.localisation import save_overlay, sentence_maps
-    from medlearn.mama.report_text import ReportBuilder
-    from medlearn.mama.transforms import EvalTransform
-    from medlearn.mama.zero_shot import PromptCache, prompts_for_rows, zero_shot_batch
+    from medlearn.mama.data.report_text import ReportBuilder
+    from medlearn.mama.data.transforms import EvalTransform
+    from medlearn.mama.eval.evaluate import MamaEncoder
+    from medlearn.mama.eval.localisation import save_overlay, sentence_maps
+    from medlearn.mama.eval.zero_shot import PromptCache, prompts_for_rows, zero_shot_batch
 
     if task not in TASK_CLASSES:
         raise ConfigError(f"task='{task}' is not one of {', '.join(TASK_CLASSES)}")
@@ -229,7 +229,7 @@ def predict_files(
 
 def breast_table(images: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
     """Max over each breast's views of the class probabilities (renormalised for > 2 classes)."""
-    from medlearn.mama.metrics import aggregate_by_breast
+    from medlearn.mama.eval.metrics import aggregate_by_breast
 
     cols = [f"p_{n}" for n in names]
     ok = images[(images["status"] == "ok") & (images["laterality"].astype(str) != "")].copy()
