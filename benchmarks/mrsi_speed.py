@@ -25,10 +25,9 @@ from pathlib import Path
 import torch
 
 from medlearn.config import load_config
-from medlearn.engine import build_accelerator
+from medlearn.engine import build_accelerator, count_parameters
 from medlearn.mrsi.config import MRSIConfig
 from medlearn.mrsi.constants import METABOLITES
-from medlearn.mrsi.registry import count_parameters
 from medlearn.mrsi.train import _make_nets, train_step
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "mrsi"

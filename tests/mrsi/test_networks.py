@@ -7,11 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from medlearn.engine import count_parameters
 from medlearn.errors import ConfigError
 from medlearn.mrsi.baselines import REFERENCE_PARAMS
 from medlearn.mrsi.mcm import ConditionalInstanceNorm, batched_conv3d
 from medlearn.mrsi.networks import Critic, MCUNet
-from medlearn.mrsi.registry import build_critic, build_generator, count_parameters
+from medlearn.mrsi.registry import build_critic, build_generator
 
 
 @pytest.mark.parametrize("arch", ["mcm", "fs_nm", "fs_n", "single_scale", "hypernetwork"])

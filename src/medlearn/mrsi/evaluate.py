@@ -27,12 +27,11 @@ from torch import Tensor, nn
 from torch.utils.data import default_collate
 
 from medlearn.config import load_config
-from medlearn.engine import load_weights
+from medlearn.engine import count_parameters, load_weights
 from medlearn.errors import DataError
 from medlearn.mrsi import metrics as M
 from medlearn.mrsi.config import MRSIConfig
 from medlearn.mrsi.kspace import centered_fft2, centered_ifft2
-from medlearn.mrsi.registry import count_parameters
 
 log = logging.getLogger(__name__)
 

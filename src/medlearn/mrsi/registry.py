@@ -1,4 +1,4 @@
-"""Build generators and critics by registered name (a small registry with clear errors).
+"""MRSI generators and critics by registered name (:class:`medlearn.engine.registry.Registry`).
 
 Example:
     >>> net = build_generator("single_scale", base_width=2, depth=2)
@@ -13,38 +13,15 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from torch import nn
 
-from medlearn.errors import ConfigError
+from medlearn.engine.registry import Registry
 from medlearn.mrsi.baselines import ARCH_SWITCHES
 from medlearn.mrsi.networks import Critic, MCUNet
 
-T = TypeVar("T")
-
-__all__ = ["Registry", "GENERATORS", "CRITICS", "build_generator", "build_critic", "count_parameters"]
-
-
-class Registry(Generic[T]):
-    """Name -> factory; refuses duplicates, and an unknown name lists the registered ones."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self._items: dict[str, Callable[..., T]] = {}
-
-    def add(self, name: str, factory: Callable[..., T]) -> None:
-        if name in self._items:
-            raise ConfigError(f"{self.kind} '{name}' is already registered")
-        self._items[name] = factory
-
-    def names(self) -> list[str]:
-        return list(self._items)
-
-    def build(self, name: str, **kwargs: Any) -> T:
-        if name not in self._items:
-            raise ConfigError(f"unknown {self.kind} '{name}'; registered: {', '.join(self._items)}")
-        return self._items[name](**kwargs)
+__all__ = ["GENERATORS", "CRITICS", "build_generator", "build_critic"]
 
 
 def _generator_factory(switches: dict[str, Any]) -> Callable[..., MCUNet]:
@@ -74,8 +51,3 @@ def build_generator(name: str, **kwargs: Any) -> nn.Module:
 def build_critic(name: str = "critic3d", **kwargs: Any) -> nn.Module:
     """The WGAN critic (``critic3d``) sized for ``input_shape``."""
     return CRITICS.build(name, **kwargs)
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
