@@ -31,7 +31,7 @@ from medlearn.config import load_config
 from medlearn.mrsi.config import MRSIConfig
 from medlearn.mrsi.evaluate import evaluate
 from medlearn.mrsi.synth import synthesize
-from medlearn.mrsi.train import fit
+from medlearn.mrsi.train import train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "mrsi"
 LAMBDAS = [0.0, 0.025, 0.05, 0.075, 0.1]
@@ -45,7 +45,7 @@ def _run(
                       f"eval.ns={ns}", f"eval.lambdas={lambdas}"])  # fmt: skip
     t0 = time.time()
     if not (run / "checkpoints" / "LATEST").is_file() or not (run / "done").is_file():
-        fit(cfg)
+        train(cfg)
         (run / "done").write_text("ok")
     t_train = time.time() - t0
     summary = evaluate(run, run / "eval", cfg, split="test", figures=name.startswith("mcm"))

@@ -17,7 +17,7 @@ from medlearn.mrsi.config import MRSIConfig
 from medlearn.mrsi.data import load_patient, mri_affine_from_map_affine
 from medlearn.mrsi.evaluate import evaluate, load_generator
 from medlearn.mrsi.predict import predict_file, zero_fill
-from medlearn.mrsi.train import fit
+from medlearn.mrsi.train import train
 
 from .conftest import CONFIGS
 
@@ -34,7 +34,7 @@ def tiny_run(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("mrsi_run") / "run"
     cfg = load_config(MRSIConfig, CONFIGS / "tiny.yaml", [f"data.root={tiny_root}", f"train.out={out}", *RUN])
     try:
-        fit(cfg)
+        train(cfg)
     finally:
         torch.set_num_threads(before)
     return out

@@ -11,10 +11,10 @@ from medlearn.errors import ConfigError
 from medlearn.mrsi.train import (
     _make_nets,
     epoch_batches,
-    fit,
     load_patients,
     load_split,
     make_dataset,
+    train,
     train_step,
     validate,
 )
@@ -65,7 +65,7 @@ def test_reference_mode_groups_batches_by_metabolite(tiny_cfg) -> None:
     batch = default_collate([ds[i] for i in batches[0]])
     nets = _make_nets(cfg, ds.grid, steps_per_epoch=10)
     out = train_step(cfg, nets, batch, build_accelerator(cfg.engine), 0)
-    assert torch.isfinite(torch.tensor(out["loss"]))
+    assert torch.isfinite(out["loss"])
     # validation runs mixed batches through the same weights and leaves the switch as it was
     val = validate(cfg, nets.gen, ds, torch.device("cpu"))
     assert nets.gen.per_sample is False and val["val_content"] > 0
@@ -73,10 +73,10 @@ def test_reference_mode_groups_batches_by_metabolite(tiny_cfg) -> None:
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_cfg, tmp_path) -> None:
     common = [*SMALL, "data.metabolites=[NAA]", "train.epochs=2", "train.batch_size=2"]
-    whole = fit(tiny_cfg(*common, f"train.out={tmp_path / 'whole'}"))
-    part = fit(tiny_cfg(*common, "train.max_steps=3", f"train.out={tmp_path / 'part'}"))
+    whole = train(tiny_cfg(*common, f"train.out={tmp_path / 'whole'}"))
+    part = train(tiny_cfg(*common, "train.max_steps=3", f"train.out={tmp_path / 'part'}"))
     assert part["stopped_early"] and part["steps"] == 3
-    rest = fit(tiny_cfg(*common, f"train.out={tmp_path / 'part'}"))
+    rest = train(tiny_cfg(*common, f"train.out={tmp_path / 'part'}"))
     assert rest["steps"] == whole["steps"] == 4
     from safetensors.torch import load_file
 

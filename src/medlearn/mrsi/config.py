@@ -155,7 +155,9 @@ class TrainConfig:
         out: run folder (config.yaml, env.json, metrics.jsonl, checkpoints/, best/).
         epochs, batch_size: 100 and 8 in the paper.
         max_steps: stop after this many generator steps (0 = no limit); a checkpoint is written.
-        val_every: epochs between validations (model selection on the content loss).
+        val_every: optimizer (generator) steps between validations, the unit of every task; 0 =
+            after every epoch (the reference's cadence, default). Model selection is on the
+            validation content loss.
         val_max_items: cap on validation samples (0 = all).
         resume: continue from the newest checkpoint in ``out`` when there is one.
     """
@@ -164,7 +166,7 @@ class TrainConfig:
     epochs: int = 100
     batch_size: int = 8
     max_steps: int = 0
-    val_every: int = 1
+    val_every: int = 0
     val_max_items: int = 0
     resume: bool = True
 

@@ -1,9 +1,11 @@
 """Training loop of the MRSI super-resolution GAN through the shared engine.
 
-One iteration (spec section 5): the generator super-resolves a batch; the critic takes
-``n_critic`` WGAN-GP steps on that batch (fake detached); the generator then steps on
-``content + lambda * adversarial``.  Validation after every ``val_every`` epochs selects the model
-on the content loss only (lambda = 0, no adversarial term) and writes it to ``<out>/best/``.
+One iteration: the generator super-resolves a batch; the critic takes ``n_critic`` WGAN-GP steps
+on that batch (fake detached); the generator then steps on ``content + lambda * adversarial``.
+Validation (every ``train.val_every`` steps; 0 = after every epoch, as the reference) selects the
+model on the content loss only (lambda = 0, no adversarial term) and writes it to ``<out>/best/``.
+The loop itself (resume, logging, checkpoints, signals) is :func:`medlearn.engine.loop.fit`; this
+module holds only the MRSI step, its data order and its validation.
 
 Conditioning (``model.per_sample``):
     true (ours, default): mixed batches; n comes from each item, lambda is drawn per sample.
@@ -18,7 +20,6 @@ weights; so a run resumed from a checkpoint ends with the same weights as an uni
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,18 +29,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, default_collate
 
-from medlearn.engine import (
-    Checkpointer,
-    GracefulStop,
-    MetricLogger,
-    Progress,
-    ResumableSampler,
-    backward_and_step,
-    build_accelerator,
-    build_scheduler,
-    prepare_run_dir,
-    seed_everything,
-)
+from medlearn.engine import ResumableSampler, backward_and_step, build_scheduler, seed_everything
+from medlearn.engine.loop import LoopSpec, Run, TrainHooks, fit, prepare_run
 from medlearn.errors import ConfigError
 from medlearn.mrsi.config import MRSIConfig
 from medlearn.mrsi.constants import METABOLITES
@@ -52,12 +43,13 @@ from medlearn.mrsi.splits import kfold_patient_splits, read_splits, write_splits
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "MRSIHooks",
     "build_models",
     "epoch_batches",
-    "fit",
     "load_split",
     "make_dataset",
     "step_generator",
+    "train",
     "train_step",
     "validate",
 ]
@@ -223,8 +215,8 @@ class Nets:
 
 def train_step(
     cfg: MRSIConfig, nets: Nets, batch: dict[str, Any], accelerator: Any, step: int
-) -> dict[str, float]:
-    """One generator iteration with ``n_critic`` critic steps; returns the logged scalars."""
+) -> dict[str, Tensor]:
+    """One generator iteration with ``n_critic`` critic steps; returns detached scalar tensors (no host sync)."""
     g = step_generator(cfg.engine.seed, step)
     batch = _to(batch, accelerator.device)
     lr, n, lam = draw_conditions(cfg, batch, g)
@@ -233,7 +225,7 @@ def train_step(
     with accelerator.autocast():
         sr = nets.gen(t1, flair, lr, n, batch["met"], lam, mask)
     sr = sr.float()
-    out: dict[str, float] = {}
+    out: dict[str, Tensor] = {}
     adv_term = sr.new_zeros(())
     if nets.critic is not None:
         nets.critic.train()
@@ -247,7 +239,7 @@ def train_step(
         with accelerator.autocast():
             adv_term = generator_adv_loss(nets.critic, fake, lam).float()
         nets.critic.requires_grad_(True)
-        out.update(loss_d=float(loss_d.detach()), wdist=float(wdist))
+        out.update(loss_d=loss_d.detach(), wdist=torch.as_tensor(wdist).detach())
     lc = cfg.loss
     terms = content_loss(sr, hr, lc.l1_weight, lc.ssim_weight, lc.ssim_upsample, lc.ssim_win, lc.ssim_levels)
     loss = terms["content"] + adv_term
@@ -255,11 +247,11 @@ def train_step(
         accelerator, loss, nets.opt_g, nets.sched_g, nets.gen.parameters(), cfg.engine.grad_clip
     )
     out.update(
-        loss=float(loss.detach()),
-        l1=float(terms["l1"].detach()),
-        ssim=float(terms["ssim"].detach()),
-        adv=float(adv_term.detach()),
-        lam=float(lam.mean()),
+        loss=loss.detach(),
+        l1=terms["l1"].detach(),
+        ssim=terms["ssim"].detach(),
+        adv=adv_term.detach(),
+        lam=lam.detach().float().mean(),
     )
     return out
 
@@ -277,7 +269,7 @@ def validate(cfg: MRSIConfig, gen: nn.Module, dataset: MRSIDataset, device: torc
     try:
         n_items = len(dataset) if cfg.train.val_max_items <= 0 else min(len(dataset), cfg.train.val_max_items)
         bs = cfg.train.batch_size
-        totals = {"l1": 0.0, "ssim": 0.0, "content": 0.0}
+        totals = {k: torch.zeros((), device=device) for k in ("l1", "ssim", "content")}
         lc = cfg.loss
         for i in range(0, n_items, bs):
             batch = _to(default_collate([dataset[j] for j in range(i, min(n_items, i + bs))]), device)
@@ -285,22 +277,17 @@ def validate(cfg: MRSIConfig, gen: nn.Module, dataset: MRSIDataset, device: torc
             lam = torch.zeros(b, device=device)
             sr = gen(batch["t1"], batch["flair"], batch["lr"], batch["n"], batch["met"], lam, batch["mask"])
             terms = content_loss(
-                sr.float(),
-                batch["hr"],
-                lc.l1_weight,
-                lc.ssim_weight,
-                lc.ssim_upsample,
-                lc.ssim_win,
-                lc.ssim_levels,
-            )
+                sr.float(), batch["hr"], lc.l1_weight, lc.ssim_weight, lc.ssim_upsample, lc.ssim_win, lc.ssim_levels
+            )  # fmt: skip
             for k in totals:
-                totals[k] += float(terms[k]) * b
+                totals[k] += terms[k] * b
     finally:
         gen.per_sample = per_sample
-    return {f"val_{k}": v / max(1, n_items) for k, v in totals.items()}
+    values = torch.stack(list(totals.values())).cpu().tolist()  # one host sync
+    return {f"val_{k}": v / max(1, n_items) for k, v in zip(totals, values)}
 
 
-# ------------------------------------------------------------------------------------------ fit
+# ------------------------------------------------------------------------------------- the hooks
 def _make_nets(cfg: MRSIConfig, grid: tuple[int, int], steps_per_epoch: int) -> Nets:
     gen, crit = build_models(cfg, grid)
     o = cfg.optim
@@ -315,104 +302,98 @@ def _make_nets(cfg: MRSIConfig, grid: tuple[int, int], steps_per_epoch: int) -> 
     return nets
 
 
-def fit(cfg: MRSIConfig) -> dict[str, Any]:
-    """Train (or resume) a run in ``cfg.train.out``; returns a summary dict.
+class MetaboliteBatches:
+    """This rank's batches of an epoch (:func:`epoch_batches`) through one DataLoader per epoch."""
 
-    Writes ``config.yaml``, ``env.json``, ``splits.json``, ``metrics.jsonl``,
-    ``checkpoints/`` (resumable state) and ``best/best/`` (selected generator weights).
+    def __init__(self, dataset: MRSIDataset, cfg: MRSIConfig, rank: int, world: int) -> None:
+        self.dataset, self.cfg, self.rank, self.world = dataset, cfg, rank, world
+        self.group = not cfg.model.per_sample
+        self._len = len(self._batches(0))
+
+    def _batches(self, epoch: int) -> list[list[int]]:
+        c = self.cfg
+        return epoch_batches(
+            self.dataset, epoch, c.train.batch_size, c.engine.seed, self.group, self.rank, self.world
+        )
+
+    def __len__(self) -> int:
+        return self._len
+
+    def epoch(self, epoch: int, start: int) -> DataLoader:
+        self.dataset.set_epoch(epoch)
+        return DataLoader(
+            self.dataset, batch_sampler=self._batches(epoch)[start:], num_workers=self.cfg.engine.num_workers
+        )
+
+
+class MRSIHooks(TrainHooks):
+    """The MRSI GAN plugged into the shared loop: data, networks, one iteration, validation."""
+
+    def __init__(self, cfg: MRSIConfig, run: Run) -> None:
+        acc = run.accelerator
+        self.cfg, self.device = cfg, acc.device
+        seed_everything(cfg.engine.seed)
+        split = load_split(cfg, run.out if run.is_main else None)
+        train_ds = make_dataset(cfg, load_patients(cfg, split["train"]), train=True)
+        self.val_ds = (
+            make_dataset(cfg, load_patients(cfg, split["val"]), train=False) if split["val"] else None
+        )
+        self.data = MetaboliteBatches(train_ds, cfg, acc.process_index, acc.num_processes)
+        nets = _make_nets(cfg, train_ds.grid, len(self.data))
+        if nets.critic is not None:
+            nets.gen, nets.critic, nets.opt_g, nets.opt_d = acc.prepare(
+                nets.gen, nets.critic, nets.opt_g, nets.opt_d
+            )
+        else:
+            nets.gen, nets.opt_g = acc.prepare(nets.gen, nets.opt_g)
+        self.nets, self.accelerator = nets, acc
+        self.models = {"generator": nets.gen} | ({"critic": nets.critic} if nets.critic is not None else {})
+        self.optimizers = {"generator": nets.opt_g} | (
+            {"critic": nets.opt_d} if nets.opt_d is not None else {}
+        )
+        self.schedulers = {"generator": nets.sched_g} | (
+            {"critic": nets.sched_d} if nets.sched_d is not None else {}
+        )
+        self.best_models = {"generator": nets.gen}
+
+    def train_step(self, batch: dict[str, Any], step: int) -> dict[str, Tensor]:
+        return train_step(self.cfg, self.nets, batch, self.accelerator, step)
+
+    def evaluate(self) -> dict[str, float]:
+        if self.val_ds is None:
+            return {}
+        return validate(self.cfg, self.accelerator.unwrap_model(self.nets.gen), self.val_ds, self.device)
+
+
+def train(cfg: MRSIConfig) -> dict[str, Any]:
+    """Train (or resume) a run in ``cfg.train.out`` (``medlearn mrsi train``); returns a summary dict.
+
+    Writes ``config.yaml``, ``env.json``, ``splits.json``, ``metrics.jsonl``, ``checkpoints/``
+    (resumable state) and ``best/best/`` (the generator with the lowest validation content loss;
+    the last generator when there is no validation split).
     """
-    out = Path(cfg.train.out)
-    accelerator = build_accelerator(cfg.engine)
-    seed_everything(cfg.engine.seed)
-    prepare_run_dir(out, cfg, cfg.engine.seed, str(accelerator.device), accelerator.is_main_process)
-    split = load_split(cfg, out if accelerator.is_main_process else None)
-    train_ds = make_dataset(cfg, load_patients(cfg, split["train"]), train=True)
-    val_ds = make_dataset(cfg, load_patients(cfg, split["val"]), train=False) if split["val"] else None
-    group = not cfg.model.per_sample
-    rank, world = accelerator.process_index, accelerator.num_processes
-    steps_per_epoch = len(
-        epoch_batches(train_ds, 0, cfg.train.batch_size, cfg.engine.seed, group, rank, world)
-    )
-    nets = _make_nets(cfg, train_ds.grid, steps_per_epoch)
-    if nets.critic is not None:
-        nets.gen, nets.critic, nets.opt_g, nets.opt_d = accelerator.prepare(
-            nets.gen, nets.critic, nets.opt_g, nets.opt_d
+    t = cfg.train
+    run = prepare_run(cfg, t.out, cfg.engine)
+    hooks = MRSIHooks(cfg, run)
+    spec = LoopSpec(
+        checkpoint_dir=run.out / "checkpoints", epochs=t.epochs, max_steps=t.max_steps, val_every=t.val_every,
+        select="val_content" if hooks.val_ds is not None else None, mode="min", best_dir=run.out / "best",
+        resume=t.resume, desc="mrsi train",
+    )  # fmt: skip
+    result = fit(run, hooks, spec)
+    if result.finished and hooks.val_ds is None and run.is_main:
+        from medlearn.engine import Checkpointer
+
+        Checkpointer(run.out / "best", run.accelerator, keep_last=0).save(
+            result.step, hooks.best_models, extra={"epoch": result.epoch}, tag="best", update_latest=False
         )
-    else:
-        nets.gen, nets.opt_g = accelerator.prepare(nets.gen, nets.opt_g)
-    models = {"generator": nets.gen} | ({"critic": nets.critic} if nets.critic is not None else {})
-    optims = {"generator": nets.opt_g} | ({"critic": nets.opt_d} if nets.opt_d is not None else {})
-    scheds = {"generator": nets.sched_g} | ({"critic": nets.sched_d} if nets.sched_d is not None else {})
-    ckpt = Checkpointer(out / "checkpoints", accelerator, keep_last=cfg.engine.keep_last)
-    best_ckpt = Checkpointer(out / "best", accelerator, keep_last=0)
-
-    step, start_epoch, start_batch, best = 0, 0, 0, math.inf
-    latest = ckpt.latest() if cfg.train.resume else None
-    if latest is not None:
-        state = ckpt.load(latest, models, optims, scheds)
-        step = state["step"]
-        start_epoch = int(state["extra"].get("epoch", 0))
-        start_batch = int(state["extra"].get("batch", 0))
-        best = float(state["extra"].get("best", math.inf))
-        log.info("resumed from %s (step %d, epoch %d, batch %d)", latest, step, start_epoch, start_batch)
-
-    logger = MetricLogger(out, enabled=accelerator.is_main_process, tensorboard=cfg.engine.tensorboard)
-    total = cfg.train.epochs * steps_per_epoch
-    if cfg.train.max_steps > 0:
-        total = min(total, cfg.train.max_steps)
-
-    def save(epoch: int, batch: int, tag: str | None = None) -> None:
-        ckpt.save(step, models, optims, scheds, extra={"epoch": epoch, "batch": batch, "best": best}, tag=tag)
-
-    last: dict[str, float] = {}
-    stopped = False
-    with (
-        GracefulStop() as stop,
-        Progress(total, "mrsi train", cfg.engine.progress and accelerator.is_main_process) as bar,
-    ):
-        bar.update(min(step, total))
-        for epoch in range(start_epoch, cfg.train.epochs):
-            train_ds.set_epoch(epoch)
-            batches = epoch_batches(
-                train_ds, epoch, cfg.train.batch_size, cfg.engine.seed, group, rank, world
-            )
-            loader = DataLoader(
-                train_ds, batch_sampler=batches[start_batch:], num_workers=cfg.engine.num_workers
-            )
-            for bi, batch in enumerate(loader, start=start_batch):
-                last = train_step(cfg, nets, batch, accelerator, step)
-                step += 1
-                bar.update(1, loss=last["loss"])
-                if step % max(1, cfg.engine.log_every) == 0 or step == 1:
-                    logger.log(step, epoch=epoch, lr=nets.opt_g.param_groups[0]["lr"], **last)
-                if stop.requested or (cfg.train.max_steps > 0 and step >= cfg.train.max_steps):
-                    save(epoch, bi + 1)
-                    stopped = True
-                    break
-                if cfg.engine.ckpt_every > 0 and step % cfg.engine.ckpt_every == 0:
-                    save(epoch, bi + 1)
-            if stopped:
-                break
-            start_batch = 0
-            if val_ds is not None and (
-                (epoch + 1) % max(1, cfg.train.val_every) == 0 or epoch + 1 == cfg.train.epochs
-            ):
-                val = validate(cfg, accelerator.unwrap_model(nets.gen), val_ds, accelerator.device)
-                logger.log(step, epoch=epoch, **val)
-                if val["val_content"] < best:
-                    best = val["val_content"]
-                    best_ckpt.save(step, {"generator": nets.gen}, extra={"epoch": epoch, **val}, tag="best")
-            save(epoch + 1, 0)
-    if not stopped:
-        if val_ds is None:
-            best_ckpt.save(step, {"generator": nets.gen}, extra={"epoch": cfg.train.epochs}, tag="best")
-        ckpt.save(
-            step,
-            models,
-            optims,
-            scheds,
-            extra={"epoch": cfg.train.epochs, "batch": 0, "best": best},
-            tag="final",
-        )
-    logger.close()
-    return {"out": str(out), "steps": step, "best_val": best, "stopped_early": stopped, **last}
+    run.close()
+    full = t.epochs * len(hooks.data)
+    return {
+        "out": str(run.out),
+        "steps": result.step,
+        "best_val": result.best,
+        "stopped_early": result.step < full,
+        "signal": result.signal,
+        **result.last,
+    }
