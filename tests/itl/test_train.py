@@ -5,9 +5,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from medlearn.engine import count_parameters
 from medlearn.itl.config import STRATEGIES
 from medlearn.itl.memory import ExemplarMemory, herding
-from medlearn.itl.model import MultiSiteExpert, count_parameters
+from medlearn.itl.model import MultiSiteExpert
 from medlearn.itl.strategies import itl_loss, mix_features, site_weights
 from medlearn.itl.train import run_sequence
 

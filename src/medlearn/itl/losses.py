@@ -1,7 +1,8 @@
 """Segmentation and distillation losses (pure functions on logits).
 
 ``dice_ce`` equals MONAI's ``DiceCELoss(softmax=True, to_onehot_y=True)`` on hard labels (tested)
-and also accepts soft targets, which the feature-mixing term of ITL needs.
+and also accepts soft targets, which the feature-mixing term of ITL needs.  Each loss is registered
+by name in :data:`LOSSES`, so a strategy (or a config) names the loss it uses.
 """
 
 from __future__ import annotations
@@ -10,12 +11,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from medlearn.engine.registry import Registry
+
+LOSSES: Registry[Tensor] = Registry("ITL loss")
+
 
 def one_hot(labels: Tensor, num_classes: int) -> Tensor:
     """(B, H, W) int64 -> (B, K, H, W) float."""
     return F.one_hot(labels, num_classes).permute(0, 3, 1, 2).float()
 
 
+@LOSSES.register("dice_ce")
 def dice_ce(logits: Tensor, target: Tensor, smooth: float = 1e-5) -> Tensor:
     """Soft Dice (per sample and class, all classes, averaged) + cross-entropy.
 
@@ -39,6 +45,7 @@ def dice_ce(logits: Tensor, target: Tensor, smooth: float = 1e-5) -> Tensor:
     return dice.mean() + ce
 
 
+@LOSSES.register("kl_distill")
 def kl_distill(student: Tensor, teacher: Tensor, temperature: float = 1.0) -> Tensor:
     """``T^2 * KL(softmax(teacher/T) || softmax(student/T))`` summed over classes, averaged over pixels.
 
@@ -56,6 +63,7 @@ def kl_distill(student: Tensor, teacher: Tensor, temperature: float = 1.0) -> Te
     return kl.mean() * t * t
 
 
+@LOSSES.register("ewc_penalty")
 def ewc_penalty(params: dict[str, Tensor], anchors: dict[str, Tensor], fisher: dict[str, Tensor]) -> Tensor:
     """``sum_i F_i (theta_i - theta*_i)^2`` over the named parameters present in ``fisher``."""
     total = None

@@ -1,7 +1,8 @@
 """The "multi-site expert": a 2D ResNet encoder and two U-Net decoders (target and source).
 
 Our implementation of the architecture described by You et al. 2022 (ITL, arXiv 2206.01369): a
-site-agnostic ResNet encoder (18 in the paper's figures; 34/50 as options) shared by a *target*
+site-agnostic ResNet encoder (18 in the paper's figures; 34/50 as options, registered by name in
+:data:`ITL_ARCHS`) shared by a *target*
 decoder (trained on the current site, used at test time) and one *source* decoder (the previous
 phase's target decoder).  Both heads exist from the start, so the parameter count is the same in
 every phase and does not grow with the number of sites.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,18 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from medlearn.errors import ConfigError, DataError
+from medlearn.engine.registry import Registry
+from medlearn.errors import DataError
 
 if TYPE_CHECKING:
     from medlearn.itl.config import ModelConfig
 
 log = logging.getLogger(__name__)
-
-DEPTHS = {
-    "resnet18": ("basic", (2, 2, 2, 2)),
-    "resnet34": ("basic", (3, 4, 6, 3)),
-    "resnet50": ("bottleneck", (3, 4, 6, 3)),
-}
 
 
 # ---------------------------------------------------------------------------------------------- blocks
@@ -91,8 +88,11 @@ def _shortcut(cin: int, cout: int, stride: int) -> nn.Sequential | None:
 class ResNetEncoder(nn.Module):
     """2D ResNet trunk returning the five feature maps a U-Net decoder needs.
 
+    Built by name through :func:`build_encoder` (``resnet18``, ``resnet34``, ``resnet50``).
+
     Args:
-        arch: ``resnet18``, ``resnet34`` or ``resnet50``.
+        block: :class:`BasicBlock` or :class:`Bottleneck`.
+        depths: blocks in each of the four stages, e.g. (2, 2, 2, 2) for ResNet-18.
         in_chans: input channels (1 slice or 3 adjacent slices).
         width: stem channels (64 reproduces torchvision; smaller for CPU tests).
 
@@ -101,12 +101,14 @@ class ResNetEncoder(nn.Module):
         (B, 4w*e, H/16, W/16), (B, 8w*e, H/32, W/32)] with e = block expansion (ceil sizes).
     """
 
-    def __init__(self, arch: str = "resnet18", in_chans: int = 1, width: int = 64) -> None:
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        depths: Sequence[int],
+        in_chans: int = 1,
+        width: int = 64,
+    ) -> None:
         super().__init__()
-        if arch not in DEPTHS:
-            raise ConfigError(f"unknown encoder '{arch}'; valid: {', '.join(DEPTHS)}")
-        kind, depths = DEPTHS[arch]
-        block = BasicBlock if kind == "basic" else Bottleneck
         self.conv1 = nn.Conv2d(in_chans, width, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
@@ -129,6 +131,36 @@ class ResNetEncoder(nn.Module):
         f2 = self.layer2(f1)
         f3 = self.layer3(f2)
         return [s, f1, f2, f3, self.layer4(f3)]
+
+
+ITL_ARCHS: Registry[ResNetEncoder] = Registry("ITL encoder")
+
+
+@ITL_ARCHS.register("resnet18")
+def resnet18(in_chans: int = 1, width: int = 64) -> ResNetEncoder:
+    """ResNet-18 trunk: basic blocks (2, 2, 2, 2) (the paper's figures)."""
+    return ResNetEncoder(BasicBlock, (2, 2, 2, 2), in_chans, width)
+
+
+@ITL_ARCHS.register("resnet34")
+def resnet34(in_chans: int = 1, width: int = 64) -> ResNetEncoder:
+    """ResNet-34 trunk: basic blocks (3, 4, 6, 3)."""
+    return ResNetEncoder(BasicBlock, (3, 4, 6, 3), in_chans, width)
+
+
+@ITL_ARCHS.register("resnet50")
+def resnet50(in_chans: int = 1, width: int = 64) -> ResNetEncoder:
+    """ResNet-50 trunk: bottleneck blocks (3, 4, 6, 3), 4x expansion."""
+    return ResNetEncoder(Bottleneck, (3, 4, 6, 3), in_chans, width)
+
+
+def build_encoder(arch: str = "resnet18", in_chans: int = 1, width: int = 64) -> ResNetEncoder:
+    """The encoder registered as ``arch`` in :data:`ITL_ARCHS`.
+
+    Raises:
+        ConfigError: for an unknown name, listing the registered ones.
+    """
+    return ITL_ARCHS.build(arch, in_chans=in_chans, width=width)
 
 
 class DecoderBlock(nn.Module):
@@ -188,7 +220,8 @@ class MultiSiteExpert(nn.Module):
     """Shared encoder + target decoder + source decoder (constant parameter count).
 
     Args:
-        arch, in_chans, width: encoder options (see :class:`ResNetEncoder`).
+        arch: a name registered in :data:`ITL_ARCHS`.
+        in_chans, width: encoder options (see :class:`ResNetEncoder`).
         decoder_channels: decoder stage widths (deepest first).
         num_classes: output classes.
 
@@ -208,7 +241,7 @@ class MultiSiteExpert(nn.Module):
     ) -> None:
         super().__init__()
         decoder_channels = decoder_channels or [256, 128, 64, 32, 16]
-        self.encoder = ResNetEncoder(arch, in_chans, width)
+        self.encoder = build_encoder(arch, in_chans, width)
         self.target_decoder = UNetDecoder(self.encoder.channels, decoder_channels, num_classes)
         self.source_decoder = copy.deepcopy(self.target_decoder)
         for p in self.source_decoder.parameters():
@@ -320,8 +353,3 @@ def load_pretrained(encoder: ResNetEncoder, path: str | Path) -> list[str]:
     encoder.load_state_dict({k: sd[k] for k in own})
     log.info("pretrained encoder loaded from %s (dropped %d keys: %s)", path, len(dropped), dropped[:4])
     return dropped
-
-
-def count_parameters(model: nn.Module) -> int:
-    """All parameters (trainable or frozen)."""
-    return sum(p.numel() for p in model.parameters())

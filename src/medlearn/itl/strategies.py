@@ -1,10 +1,13 @@
-"""Continual-learning strategies as loss functions inside one phase loop.
+"""Continual-learning strategies as registered components inside one phase loop.
 
-Each strategy answers the same questions for the loop in :mod:`medlearn.itl.train`:
+Each strategy is a small :class:`Strategy` class registered by name in :data:`STRATEGIES`.  It
+answers the same questions for the loop in :mod:`medlearn.itl.train`:
 
 * which data phase k trains on (``cumulative``: joint training on sites 0..k);
-* whether the model is reset before each phase (``individual``);
-* whether it uses the exemplar memory;
+* whether the model is reset before each phase (``fresh_model``: individual);
+* whether it uses the exemplar memory (``uses_memory``), a frozen previous model
+  (``uses_teacher``), the EWC Fisher state (``uses_ewc``) or the source decoder
+  (``uses_source_decoder``);
 * ``loss(...)`` for one step, given the new-site batch and (maybe) an exemplar batch.
 
 | strategy   | data of phase k | memory | extra term                                             |
@@ -16,6 +19,9 @@ Each strategy answers the same questions for the loop in :mod:`medlearn.itl.trai
 | lwf        | site k          | no     | KL to the previous model's outputs (temperature T)      |
 | ewc        | site k          | no     | Fisher-weighted distance to the previous weights        |
 | itl        | site k          | yes    | feature mixing, source decoder, site-level KL (ASSUMPTIONs) |
+
+The losses are looked up by name in :data:`medlearn.itl.losses.LOSSES` (``seg_loss``,
+``distill_loss``).
 """
 
 from __future__ import annotations
@@ -24,11 +30,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from medlearn.engine.registry import Registry
 from medlearn.itl.config import ITLConfig, ITLOptions
-from medlearn.itl.losses import dice_ce, ewc_penalty, kl_distill, one_hot
+from medlearn.itl.losses import LOSSES, dice_ce, ewc_penalty, kl_distill, one_hot
 from medlearn.itl.model import MultiSiteExpert
-
-USES_MEMORY = {"replay", "itl"}
 
 
 def mix_features(z_old: list[Tensor], z_new: list[Tensor], lam: Tensor) -> list[Tensor]:
@@ -154,6 +159,167 @@ class EWCState:
         self.fisher, self.anchors = dict(state["fisher"]), dict(state["anchors"])
 
 
+class Strategy:
+    """Sequential fine-tuning: the segmentation loss on the new-site batch only (lower bound).
+
+    Subclasses set the class attributes below and override :meth:`loss` when they add terms.
+
+    Attributes:
+        uses_memory: the loop keeps exemplars of finished sites and passes an exemplar batch.
+        uses_teacher: the loop passes a frozen copy of the previous phase's model.
+        uses_ewc: the loop updates the EWC Fisher state at the end of each phase.
+        uses_source_decoder: the loop syncs the source decoder from the target decoder per phase.
+        cumulative: phase k trains on sites 0..k instead of site k.
+        fresh_model: the model is reset to its initial weights before each phase.
+        seg_loss, distill_loss: names in :data:`medlearn.itl.losses.LOSSES`.
+    """
+
+    uses_memory = False
+    uses_teacher = False
+    uses_ewc = False
+    uses_source_decoder = False
+    cumulative = False
+    fresh_model = False
+    seg_loss = "dice_ce"
+    distill_loss = "kl_distill"
+
+    def segmentation(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, dict[str, float]]:
+        """(logits (B, K, H, W), loss, ``{"l_seg": loss}``) of ``model`` on x (B, C, H, W), y (B, H, W)."""
+        logits = model(x)
+        loss = LOSSES.get(self.seg_loss)(logits, y)
+        return logits, loss, {"l_seg": float(loss.detach())}
+
+    def loss(
+        self,
+        model: MultiSiteExpert,
+        batch_new: tuple[Tensor, Tensor],
+        batch_mem: tuple[Tensor, Tensor, Tensor] | None,
+        teacher: nn.Module | None,
+        ewc: EWCState | None,
+        cfg: ITLConfig,
+        rng: np.random.Generator,
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Total loss of one optimisation step and a dict of its terms (see :func:`step_loss`)."""
+        _, loss, logs = self.segmentation(model, *batch_new)
+        return loss, logs
+
+
+STRATEGIES: Registry[Strategy] = Registry("ITL strategy")
+STRATEGIES.add("sequential", Strategy)
+
+
+@STRATEGIES.register("individual")
+class Individual(Strategy):
+    """One model per site: the same loss, from the initial weights in every phase."""
+
+    fresh_model = True
+
+
+@STRATEGIES.register("joint")
+class Joint(Strategy):
+    """Joint training on all sites seen so far (upper bound)."""
+
+    cumulative = True
+
+
+@STRATEGIES.register("replay")
+class Replay(Strategy):
+    """Exemplars of earlier sites appended to the new-site batch."""
+
+    uses_memory = True
+
+    def loss(
+        self,
+        model: MultiSiteExpert,
+        batch_new: tuple[Tensor, Tensor],
+        batch_mem: tuple[Tensor, Tensor, Tensor] | None,
+        teacher: nn.Module | None,
+        ewc: EWCState | None,
+        cfg: ITLConfig,
+        rng: np.random.Generator,
+    ) -> tuple[Tensor, dict[str, float]]:
+        x, y = batch_new
+        if batch_mem is not None:
+            x, y = torch.cat([x, batch_mem[0]]), torch.cat([y, batch_mem[1]])
+        _, loss, logs = self.segmentation(model, x, y)
+        return loss, logs
+
+
+@STRATEGIES.register("lwf")
+class LwF(Strategy):
+    """Learning without forgetting: ``+ train.lwf_weight * KL`` to the previous model's outputs."""
+
+    uses_teacher = True
+
+    def loss(
+        self,
+        model: MultiSiteExpert,
+        batch_new: tuple[Tensor, Tensor],
+        batch_mem: tuple[Tensor, Tensor, Tensor] | None,
+        teacher: nn.Module | None,
+        ewc: EWCState | None,
+        cfg: ITLConfig,
+        rng: np.random.Generator,
+    ) -> tuple[Tensor, dict[str, float]]:
+        x, y = batch_new
+        logits, loss, logs = self.segmentation(model, x, y)
+        if teacher is not None:
+            with torch.no_grad():
+                t_logits = teacher(x)
+            l_kd = LOSSES.get(self.distill_loss)(logits, t_logits, cfg.train.lwf_temperature)
+            loss = loss + cfg.train.lwf_weight * l_kd
+            logs["l_kd"] = float(l_kd.detach())
+        return loss, logs
+
+
+@STRATEGIES.register("ewc")
+class EWC(Strategy):
+    """Elastic weight consolidation: ``+ 0.5 * train.ewc_lambda * sum F (theta - theta*)^2``."""
+
+    uses_ewc = True
+
+    def loss(
+        self,
+        model: MultiSiteExpert,
+        batch_new: tuple[Tensor, Tensor],
+        batch_mem: tuple[Tensor, Tensor, Tensor] | None,
+        teacher: nn.Module | None,
+        ewc: EWCState | None,
+        cfg: ITLConfig,
+        rng: np.random.Generator,
+    ) -> tuple[Tensor, dict[str, float]]:
+        _, loss, logs = self.segmentation(model, *batch_new)
+        if ewc is not None and ewc.fisher:
+            pen = ewc.penalty(model)
+            loss = loss + 0.5 * cfg.train.ewc_lambda * pen
+            logs["l_ewc"] = float(pen.detach())
+        return loss, logs
+
+
+@STRATEGIES.register("itl")
+class ITL(Strategy):
+    """Incremental transfer learning: :func:`itl_loss` with the ``itl.*`` switches."""
+
+    uses_memory = True
+    uses_source_decoder = True
+
+    def loss(
+        self,
+        model: MultiSiteExpert,
+        batch_new: tuple[Tensor, Tensor],
+        batch_mem: tuple[Tensor, Tensor, Tensor] | None,
+        teacher: nn.Module | None,
+        ewc: EWCState | None,
+        cfg: ITLConfig,
+        rng: np.random.Generator,
+    ) -> tuple[Tensor, dict[str, float]]:
+        xm, ym, sm = batch_mem if batch_mem is not None else (None, None, None)
+        return itl_loss(model, *batch_new, xm, ym, sm, cfg.itl, rng)
+
+
+USES_MEMORY = {name for name in STRATEGIES if STRATEGIES.build(name).uses_memory}
+
+
 def step_loss(
     strategy: str,
     model: MultiSiteExpert,
@@ -164,7 +330,7 @@ def step_loss(
     cfg: ITLConfig,
     rng: np.random.Generator,
 ) -> tuple[Tensor, dict[str, float]]:
-    """The loss of one optimisation step of ``strategy`` (see the module table).
+    """The loss of one optimisation step of the strategy registered as ``strategy``.
 
     Args:
         batch_new: (x (B, C, H, W), y (B, H, W)).
@@ -172,25 +338,9 @@ def step_loss(
         teacher: frozen previous model (LwF) or None.
         ewc: EWC state (EWC) or None.
         cfg: the whole ``ITLConfig`` (train and itl options).
+    Returns:
+        total loss and a dict of its terms.
+    Raises:
+        ConfigError: for a name not in :data:`STRATEGIES`.
     """
-    x, y = batch_new
-    tc = cfg.train
-    if strategy == "itl":
-        xm, ym, sm = batch_mem if batch_mem is not None else (None, None, None)
-        return itl_loss(model, x, y, xm, ym, sm, cfg.itl, rng)
-    if strategy == "replay" and batch_mem is not None:
-        x, y = torch.cat([x, batch_mem[0]]), torch.cat([y, batch_mem[1]])
-    logits = model(x)
-    loss = dice_ce(logits, y)
-    logs = {"l_seg": float(loss.detach())}
-    if strategy == "lwf" and teacher is not None:
-        with torch.no_grad():
-            t_logits = teacher(x)
-        l_kd = kl_distill(logits, t_logits, tc.lwf_temperature)
-        loss = loss + tc.lwf_weight * l_kd
-        logs["l_kd"] = float(l_kd.detach())
-    if strategy == "ewc" and ewc is not None and ewc.fisher:
-        pen = ewc.penalty(model)
-        loss = loss + 0.5 * tc.ewc_lambda * pen
-        logs["l_ewc"] = float(pen.detach())
-    return loss, logs
+    return STRATEGIES.build(strategy).loss(model, batch_new, batch_mem, teacher, ewc, cfg, rng)

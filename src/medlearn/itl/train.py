@@ -39,6 +39,7 @@ from medlearn.engine import (
     backward_and_step,
     build_accelerator,
     build_scheduler,
+    count_parameters,
     prepare_run_dir,
     seed_everything,
 )
@@ -47,7 +48,7 @@ from medlearn.itl.data import MultiSiteData, SliceSet, prepare_dataset
 from medlearn.itl.evaluate import evaluate_cases, json_safe, mean_metric, write_summary
 from medlearn.itl.memory import ExemplarMemory
 from medlearn.itl.metrics import continual_summary
-from medlearn.itl.model import build_model, count_parameters
+from medlearn.itl.model import build_model
 from medlearn.itl.strategies import USES_MEMORY, EWCState, step_loss
 
 log = logging.getLogger(__name__)
