@@ -72,8 +72,8 @@ def run_config(args: argparse.Namespace, run: Path, prep: Path, extra: list[str]
         MamaConfig,
         ROOT / "configs" / "mama" / "demo.yaml",
         [
-            f"out={run}", f"data.prepared_dir={prep}", f"max_steps={args.steps}", f"loss.late_loss={args.steps // 3}",
-            f"optim.warmup_steps={max(1, args.steps // 20)}", f"data.batch_size={args.batch}", "val_every=0",
+            f"train.out={run}", f"data.prepared_dir={prep}", f"train.max_steps={args.steps}", f"loss.late_loss={args.steps // 3}",
+            f"optim.warmup_steps={max(1, args.steps // 20)}", f"data.batch_size={args.batch}", "train.val_every=0",
             f"model.image.image_size={args.image_size}", f"engine.device={args.device}", "engine.progress=false",
             f"engine.precision={'bf16' if args.device == 'cuda' else 'fp32'}", "engine.ckpt_every=0",
             f"engine.seed={args.seed}", *extra,
@@ -99,7 +99,7 @@ def train_labels_only(cfg: MamaConfig) -> Path:
     from medlearn.mama.modeling.model import MamaModel
     from medlearn.mama.train import build_datasets, collate
 
-    run = Path(cfg.out)
+    run = Path(cfg.train.out)
     ckpt = Checkpointer(run / "checkpoints")
     if ckpt.latest() is not None:
         return ckpt.latest()
@@ -116,13 +116,13 @@ def train_labels_only(cfg: MamaConfig) -> Path:
     opt = torch.optim.AdamW(
         params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, betas=tuple(cfg.optim.betas)
     )
-    sched = build_scheduler(opt, "cosine", cfg.max_steps, cfg.optim.warmup_steps)
+    sched = build_scheduler(opt, "cosine", cfg.train.max_steps, cfg.optim.warmup_steps)
     sampler = ResumableSampler(len(train_ds), cfg.engine.seed, True, drop_last=True)
     loader = DataLoader(train_ds, cfg.data.batch_size, sampler=sampler, collate_fn=collate, drop_last=True)
     step, epoch = 0, 0
     ce = torch.nn.CrossEntropyLoss(ignore_index=-1)
     tower.train()
-    while step < cfg.max_steps:
+    while step < cfg.train.max_steps:
         sampler.set_epoch(epoch)
         for b in loader:
             f = tower(b["image"].to(dev)).pooled
@@ -132,7 +132,7 @@ def train_labels_only(cfg: MamaConfig) -> Path:
             sched.step()
             opt.zero_grad(set_to_none=True)
             step += 1
-            if step >= cfg.max_steps:
+            if step >= cfg.train.max_steps:
                 break
         epoch += 1
     return ckpt.save(step, {"image": model.image, "heads": model.heads}, tag="final")

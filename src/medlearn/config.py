@@ -131,7 +131,7 @@ def _field_type(schema: type, dotted: str) -> tuple[type | None, Any]:
         if not _is_dataclass_type(node):
             return None, None
         hints = typing.get_type_hints(node)
-        if part not in hints:
+        if part not in {f.name for f in dataclasses.fields(node)}:  # ClassVars (RENAMED) are not keys
             return (node, None) if i == len(parts) - 1 else (None, None)
         if i == len(parts) - 1:
             return node, _unwrap_optional(hints[part])

@@ -32,7 +32,7 @@ REPORTS = [
 
 def tiny_config(tmp_path: Path, *overrides: str) -> MamaConfig:
     """The tiny preset writing into ``tmp_path``."""
-    return load_config(MamaConfig, TINY, [f"out={tmp_path / 'run'}", *overrides])
+    return load_config(MamaConfig, TINY, [f"train.out={tmp_path / 'run'}", *overrides])
 
 
 class FakePairs(Dataset):

@@ -31,7 +31,7 @@ def _run_cli(argv):
 def checkpoint(tmp_path_factory):
     """A checkpoint in the training loop's layout (weights + LoRA adapter + run config), random weights."""
     run = tmp_path_factory.mktemp("mama") / "run"
-    cfg = load_config(MamaConfig, TINY, [f"out={run}"])
+    cfg = load_config(MamaConfig, TINY, [f"train.out={run}"])
     prepare_run_dir(run, cfg, 0)
     torch.manual_seed(0)
     model = MamaModel(cfg.model, cfg.loss)

@@ -23,7 +23,7 @@ except ImportError:  # tests/mama collected as a plain folder
 def checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("mama_export")
     prepared = write_prepared(root, patients=6)
-    cfg = tiny_config(root, "max_steps=2", "loss.late_loss=1", "val_every=0", f"data.prepared_dir={prepared}")
+    cfg = tiny_config(root, "train.max_steps=2", "loss.late_loss=1", "train.val_every=0", f"data.prepared_dir={prepared}")
     summary = train(cfg, deterministic_datasets(prepared, cfg.model.image.image_size))
     return summary["final"]
 

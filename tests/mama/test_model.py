@@ -124,5 +124,5 @@ def test_cli_has_working_verbs_only():
     mama = parser._subparsers._group_actions[0].choices["mama"]
     verbs = set(mama._subparsers._group_actions[0].choices)
     assert {"synth", "prepare", "train", "export"} <= verbs
-    args = parser.parse_args(["mama", "train", "--config", str(TINY), "max_steps=2"])
-    assert callable(args.func) and args.overrides == ["max_steps=2"]
+    args = parser.parse_args(["mama", "train", "--config", str(TINY), "train.max_steps=2"])
+    assert callable(args.func) and args.overrides == ["train.max_steps=2"]

@@ -19,7 +19,7 @@ try:
 except ImportError:  # tests/mama collected as a plain folder
     from pt_fakes import deterministic_datasets, tiny_config, write_prepared
 
-STEPS = ("max_steps=6", "loss.late_loss=3", "engine.ckpt_every=1", "engine.keep_last=10", "val_every=3")
+STEPS = ("train.max_steps=6", "loss.late_loss=3", "engine.ckpt_every=1", "engine.keep_last=10", "train.val_every=3")
 
 
 @pytest.fixture(scope="module")
@@ -118,9 +118,9 @@ def test_presets_load():
 
     for name in ("paper", "small", "tiny", "demo"):
         cfg = load_config(MamaConfig, preset_path(name))
-        assert cfg.max_steps > 0
+        assert cfg.train.max_steps > 0
     paper = load_config(MamaConfig, preset_path("paper"))
-    assert (paper.optim.lr, paper.optim.warmup_steps, paper.max_steps, paper.loss.late_loss) == (
+    assert (paper.optim.lr, paper.optim.warmup_steps, paper.train.max_steps, paper.loss.late_loss) == (
         4e-5,
         4000,
         40000,

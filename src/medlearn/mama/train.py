@@ -1,4 +1,4 @@
-"""MaMA pre-training loop on the shared engine (accelerate, resumable sampler, atomic checkpoints).
+"""MaMA pre-training: the task's hooks for the shared loop (:func:`medlearn.engine.loop.fit`).
 
 One code path serves one CPU, one GPU and several processes/nodes (``accelerate launch`` or
 ``torchrun``).  Per optimizer step: AdamW, cosine schedule with warm-up, gradient accumulation,
@@ -11,26 +11,15 @@ heads are frozen; from then on all switched-on terms.  Checkpoints hold the imag
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from medlearn.engine import (
-    Checkpointer,
-    GracefulStop,
-    MetricLogger,
-    Progress,
-    ResumableSampler,
-    backward_and_step,
-    build_accelerator,
-    build_scheduler,
-    describe_device,
-    prepare_run_dir,
-    seed_everything,
-)
+from medlearn.engine import backward_and_step, build_scheduler, describe_device, seed_everything
+from medlearn.engine.loop import LoopSpec, Run, SamplerData, TrainHooks, fit, prepare_run
 from medlearn.errors import ConfigError, DataError
 from medlearn.mama.config import MamaConfig
 from medlearn.mama.eval.retrieval import embed_batches, retrieval_topk
@@ -113,14 +102,6 @@ def build_optimizer(params: list[torch.nn.Parameter], cfg: MamaConfig) -> torch.
     return torch.optim.AdamW(params, **kwargs)
 
 
-def _loader(ds: Dataset, batch: int, sampler: Any, workers: int, collate_fn: Any, seed: int) -> DataLoader:
-    """Training loader; its own generator keeps iterator creation from consuming the global RNG."""
-    return DataLoader(
-        ds, batch_size=batch, sampler=sampler, num_workers=workers, collate_fn=collate_fn, drop_last=True,
-        pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(seed),
-    )  # fmt: skip
-
-
 def validate(
     model: MamaModel, val_ds: Dataset, cfg: MamaConfig, device: torch.device, collate_fn: Any
 ) -> dict:
@@ -136,13 +117,102 @@ def validate(
     return {f"val_{k}": v for k, v in retrieval_topk(img, txt, keys).items()}
 
 
+class MamaHooks(TrainHooks):
+    """MaMA plugged into the shared loop: towers + heads, the five-term loss, the late-loss switch.
+
+    Checkpoints hold the image tower and heads (safetensors), the LoRA adapters (task state for
+    exact resume, and a peft adapter folder ``text_adapter/`` in every checkpoint).
+    """
+
+    def __init__(
+        self,
+        cfg: MamaConfig,
+        run: Run,
+        datasets: tuple[Dataset, Dataset] | None = None,
+        collate_fn: Any = None,
+    ) -> None:
+        acc = run.accelerator
+        self.cfg, self.accelerator = cfg, acc
+        train_ds, self.val_ds = datasets if datasets is not None else build_datasets(cfg)
+        self.collate_fn = collate_fn or collate
+        b = cfg.data.batch_size
+        if len(train_ds) < b * acc.num_processes:
+            raise ConfigError(
+                f"training set has {len(train_ds)} items, fewer than one batch of data.batch_size="
+                f"{b} per process ({acc.num_processes} processes)"
+            )
+        seed_everything(cfg.engine.seed)  # identical initial weights on every process
+        model = MamaModel(cfg.model, cfg.loss)
+        seed_everything(cfg.engine.seed + 1000 * acc.process_index)  # own dropout/augmentation draws
+        model.set_late_phase(True)  # every parameter goes into the optimizer
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.counts = count_trainable(model)
+        log.info("trainable parameters: %s; device %s", self.counts, describe_device(acc))
+        optimizer = build_optimizer(self.params, cfg)
+        o = cfg.optim
+        self.scheduler = build_scheduler(
+            optimizer, o.schedule, cfg.train.max_steps, o.warmup_steps, min_ratio=o.min_ratio
+        )
+        workers = cfg.data.num_workers if cfg.data.num_workers >= 0 else cfg.engine.num_workers
+        self.data = SamplerData(train_ds, b, cfg.engine.seed, acc, self.collate_fn, workers, drop_last=True)
+        self.ddp_model, self.optimizer = acc.prepare(model, optimizer)
+        self.model = model
+        self.info = gather_info(cfg.loss.gather) if acc.num_processes > 1 else GatherInfo()
+        self.models = {"image": model.image, "heads": model.heads}
+        self.optimizers = {"adamw": self.optimizer}
+        self.schedulers = {"lr": self.scheduler}
+        self.accumulate = [self.ddp_model]
+        self.samples_per_step = b * acc.num_processes * cfg.engine.grad_accum_steps
+        self.late: bool | None = None
+
+    def before_step(self, step: int) -> None:
+        late = step >= self.cfg.loss.late_loss
+        if late != self.late:
+            if self.late is not None:
+                log.info("step %d: late losses on (nt_xent, clip_extra, SLA); local heads unfrozen", step)
+            self.late = late
+            self.model.set_late_phase(late)
+
+    def train_step(self, batch: dict[str, Any], step: int) -> dict[str, Tensor]:
+        acc, late = self.accelerator, bool(self.late)
+        enc = self.model.tokenizer(list(batch["report"]))
+        dev = acc.device
+        with acc.autocast():
+            out = self.ddp_model(
+                batch["image"].to(dev), enc["input_ids"].to(dev), enc["attention_mask"].to(dev),
+                batch["extra_image"].to(dev) if late else None, late,
+            )  # fmt: skip
+            terms = mama_loss(out, self.cfg.loss, late, self.info, report_keys(batch["report"]))
+            backward_and_step(
+                acc, terms["loss"], self.optimizer, self.scheduler, self.params, self.cfg.engine.grad_clip
+            )
+        logs = {k: v.detach() for k, v in terms.items()}
+        logs["temperature"] = 1.0 / out["scale"].detach()
+        logs["local_temperature"] = 1.0 / self.model.heads.local_logit_scale.detach().exp()
+        logs["late"] = torch.tensor(float(late))
+        return logs
+
+    def evaluate(self) -> dict[str, float]:
+        return validate(self.model, self.val_ds, self.cfg, self.accelerator.device, self.collate_fn)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"lora": lora_state(self.model)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        load_lora_state(self.model, state.get("lora", {}))
+
+    def on_checkpoint(self, path: Path) -> None:
+        if self.model.text.cfg.lora_r > 0:
+            self.model.text.lm.save_pretrained(str(path / ADAPTER_DIR))
+
+
 def train(
     cfg: MamaConfig,
     datasets: tuple[Dataset, Dataset] | None = None,
     collate_fn: Any = None,
     stop_at: int | None = None,
 ) -> dict[str, Any]:
-    """Pre-train MaMA as configured; returns a summary (final step, last metrics, run folder).
+    """Pre-train MaMA as configured (``medlearn mama train``); returns a summary.
 
     Args:
         cfg: the resolved config.
@@ -150,151 +220,22 @@ def train(
         collate_fn: batch collation; default the data package's ``collate_mammo``.
         stop_at: leave after this optimizer step with a checkpoint, as if interrupted (tests).
     """
-    accelerator = build_accelerator(cfg.engine, find_unused_parameters=True)
-    run = prepare_run_dir(
-        cfg.out, cfg, cfg.engine.seed, describe_device(accelerator), accelerator.is_main_process
-    )
-    train_ds, val_ds = datasets if datasets is not None else build_datasets(cfg)
-    collate_fn = collate_fn or collate
-    if len(train_ds) < cfg.data.batch_size * accelerator.num_processes:
-        raise ConfigError(
-            f"training set has {len(train_ds)} items, fewer than one batch of data.batch_size="
-            f"{cfg.data.batch_size} per process ({accelerator.num_processes} processes)"
-        )
-    seed_everything(cfg.engine.seed)  # identical initial weights on every process
-    model = MamaModel(cfg.model, cfg.loss)
-    seed_everything(cfg.engine.seed + 1000 * accelerator.process_index)  # own dropout/augmentation draws
-    model.set_late_phase(True)
-    params = [p for p in model.parameters() if p.requires_grad]
-    counts = count_trainable(model)
-    log.info("trainable parameters: %s; device %s", counts, describe_device(accelerator))
-    optimizer = build_optimizer(params, cfg)
-    o = cfg.optim
-    scheduler = build_scheduler(optimizer, o.schedule, cfg.max_steps, o.warmup_steps, min_ratio=o.min_ratio)
-    b = cfg.data.batch_size
-    sampler = ResumableSampler(
-        len(train_ds),
-        cfg.engine.seed,
-        True,
-        accelerator.process_index,
-        accelerator.num_processes,
-        drop_last=True,
-    )
-    workers = cfg.data.num_workers if cfg.data.num_workers >= 0 else cfg.engine.num_workers
-    loader = _loader(train_ds, b, sampler, workers, collate_fn, cfg.engine.seed)
-    ddp_model, optimizer = accelerator.prepare(model, optimizer)
-    ckpt = Checkpointer(Path(run) / "checkpoints", accelerator, cfg.engine.keep_last)
-    metrics = MetricLogger(run, enabled=accelerator.is_main_process, tensorboard=cfg.engine.tensorboard)
-    info = gather_info(cfg.loss.gather) if accelerator.num_processes > 1 else GatherInfo()
-    step, epoch, pos = 0, 0, 0
-    latest = ckpt.latest() if cfg.resume else None
-    if latest is not None:
-        state = ckpt.load(
-            latest, {"image": model.image, "heads": model.heads}, {"adamw": optimizer}, {"lr": scheduler}
-        )
-        load_lora_state(model, state["extra"].get("lora", {}))
-        step, epoch, pos = state["step"], state["extra"]["epoch"], state["extra"]["pos"]
-        log.info("resumed from %s at step %d", latest, step)
-
-    def save(tag: str | None = None) -> Path:
-        extra = {"lora": lora_state(model), "epoch": epoch, "pos": pos}
-        path = ckpt.save(
-            step,
-            {"image": model.image, "heads": model.heads},
-            {"adamw": optimizer},
-            {"lr": scheduler},
-            extra,
-            tag,
-        )
-        if accelerator.is_main_process and model.text.cfg.lora_r > 0:
-            model.text.lm.save_pretrained(str(path / ADAPTER_DIR))
-        accelerator.wait_for_everyone()
-        return path
-
-    late = step >= cfg.loss.late_loss
-    model.set_late_phase(late)
-    if step == 0 and cfg.val_every and accelerator.is_main_process:  # the starting point of the curve
-        metrics.log(0, **validate(model, val_ds, cfg, accelerator.device, collate_fn))
-    accelerator.wait_for_everyone()
-    window: dict[str, float] = {}
-    last: dict[str, Any] = {}
-    n_window, t_window = 0, time.time()
-    samples_per_step = b * accelerator.num_processes * cfg.engine.grad_accum_steps
-    progress = Progress(
-        cfg.max_steps, "mama train", enabled=accelerator.is_main_process and cfg.engine.progress
-    )
-    progress.n = step
-    interrupted = False
-    with GracefulStop() as stop:
-        while step < cfg.max_steps and not interrupted:
-            sampler.set_epoch(epoch, start=pos * b)
-            if hasattr(train_ds, "set_epoch"):  # augmentation/masking = f(seed, epoch, index): exact resume
-                train_ds.set_epoch(epoch)
-            for batch in loader:
-                pos += 1
-                if (step >= cfg.loss.late_loss) != late:
-                    late = not late
-                    model.set_late_phase(late)
-                    log.info("step %d: late losses on (nt_xent, clip_extra, SLA); local heads unfrozen", step)
-                enc = model.tokenizer(list(batch["report"]))
-                dev = accelerator.device
-                with accelerator.accumulate(ddp_model), accelerator.autocast():
-                    out = ddp_model(
-                        batch["image"].to(dev), enc["input_ids"].to(dev), enc["attention_mask"].to(dev),
-                        batch["extra_image"].to(dev) if late else None, late,
-                    )  # fmt: skip
-                    terms = mama_loss(out, cfg.loss, late, info, report_keys(batch["report"]))
-                    stepped = backward_and_step(
-                        accelerator, terms["loss"], optimizer, scheduler, params, cfg.engine.grad_clip
-                    )
-                for k, v in terms.items():
-                    window[k] = window.get(k, 0.0) + float(v.detach())
-                n_window += 1
-                if not stepped:
-                    continue
-                step += 1
-                progress.update(1, loss=float(terms["loss"].detach()))
-                if step % cfg.engine.log_every == 0 or step == cfg.max_steps:
-                    dt = max(time.time() - t_window, 1e-9)
-                    steps_in_window = n_window / cfg.engine.grad_accum_steps
-                    last = {k: v / n_window for k, v in window.items()}
-                    last.update(
-                        lr=scheduler.get_last_lr()[0],
-                        temperature=float(1.0 / out["scale"].detach()),
-                        local_temperature=float(1.0 / model.heads.local_logit_scale.detach().exp()),
-                        samples_per_s=samples_per_step * steps_in_window / dt,
-                        late=int(late),
-                    )
-                    metrics.log(step, **last)
-                    window, n_window, t_window = {}, 0, time.time()
-                paused = time.time()
-                if (cfg.val_every and step % cfg.val_every == 0) or step == cfg.max_steps:
-                    if accelerator.is_main_process:
-                        val = validate(model, val_ds, cfg, accelerator.device, collate_fn)
-                        metrics.log(step, **val)
-                        last.update(val)
-                        log.info("step %d validation %s", step, val)
-                    accelerator.wait_for_everyone()
-                if cfg.engine.ckpt_every and step % cfg.engine.ckpt_every == 0:
-                    save()
-                t_window += time.time() - paused  # throughput counts training time only
-                if stop.requested or (stop_at is not None and step >= stop_at):
-                    save()
-                    interrupted = True
-                    break
-                if step >= cfg.max_steps:
-                    break
-            else:
-                epoch, pos = epoch + 1, 0
-    progress.close()
-    final = save(tag="final") if step >= cfg.max_steps else None
-    metrics.close()
-    n_val = len(val_ds) if cfg.data.val_max <= 0 else min(len(val_ds), cfg.data.val_max)
+    t = cfg.train
+    run = prepare_run(cfg, t.out, cfg.engine, find_unused_parameters=True)
+    hooks = MamaHooks(cfg, run, datasets, collate_fn)
+    spec = LoopSpec(
+        checkpoint_dir=run.out / "checkpoints", epochs=t.epochs, max_steps=t.max_steps, val_every=t.val_every,
+        resume=t.resume, validate_at_start=t.val_every > 0, desc="mama train", stop_at=stop_at,
+    )  # fmt: skip
+    result = fit(run, hooks, spec)
+    run.close()
+    n_val = len(hooks.val_ds) if cfg.data.val_max <= 0 else min(len(hooks.val_ds), cfg.data.val_max)
     return {
-        "step": step,
-        "run": str(run),
-        "metrics": last,
-        "trainable": counts,
+        "step": result.step,
+        "run": str(run.out),
+        "metrics": result.last,
+        "trainable": hooks.counts,
         "n_val": n_val,
-        "final": str(final) if final else None,
+        "final": str(result.final) if result.final else None,
+        "signal": result.signal,
     }
