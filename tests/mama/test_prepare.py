@@ -107,6 +107,8 @@ def test_prepare_skips_planted_corrupt_dicom(synth_dir, tmp_path):
 
 
 def test_prepare_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="clinical_fallback"):
+        prepare_dataset(tmp_path, embed_dir=tmp_path, cfg=PrepareConfig(clinical_fallback="nearest"))
     with pytest.raises(ConfigError, match="bits"):
         prepare_dataset(tmp_path, embed_dir=tmp_path, cfg=PrepareConfig(bits=12))
     with pytest.raises(ConfigError, match="embed_dir"):
@@ -195,3 +197,56 @@ def test_cached_roi_boxes_hand_computed():
            "crop_x1": 60, "scale": 0.5}  # fmt: skip
     assert cached_roi_boxes(row) == [(5.0, 5.0, 15.0, 15.0)]  # the second box lies above the crop
     assert cached_roi_boxes(dict(row, roi_coords="")) == []
+
+
+# Our own legend rows, laid out as the published AWS_Open_Data_Clinical_Legend.csv: BOM, the header's
+# "Discription" spelling, codes and meanings padded with trailing spaces, other headers around.
+PUBLISHED_LEGEND = (
+    "\ufeffHeader in export,Discription,Code,Meaning\n"
+    'sprocs,"Procedure code (may carry a side, e.g. -L)",AB12      ,"MAMMO, BILATERAL, DIGITAL          "\n'
+    "study,Exam date.,,\n"
+    "massshape,Mass Shape,A         ,Architectural distortion                  \n"
+    "massdens,Mass Density,=         ,Isodense                   \n"
+    "calcfind,Calcification Finding,P         ,Punctate                 \n"
+    "calcdistri,Calcification Distribution,G         ,Grouped       \n"
+    "side,Side,B,Both\n"
+)
+
+
+def test_cli_prepare_embed_with_published_legend(synth_dir, tmp_path):
+    """`mama prepare --embed DIR` on a folder whose legend has the published format; the reports use its meanings."""
+    import argparse
+    import shutil
+
+    from medlearn.mama.cli_data import add_data_verbs
+    from medlearn.mama.data.dataset import load_prepared
+    from medlearn.mama.data.report_text import ReportBuilder
+
+    embed = tmp_path / "embed"
+    shutil.copytree(synth_dir / "embed" / "images", embed / "images")
+    shutil.copy(synth_dir / "embed" / "EMBED_OpenData_metadata.csv", embed)
+    meta = pd.read_csv(embed / "EMBED_OpenData_metadata.csv", dtype=str)
+    exams = meta[["empi_anon", "acc_anon"]].drop_duplicates()
+    clinical = exams.assign(
+        side="B", asses="S", tissueden="2", massshape="A", massdens="=", calcfind="P", calcdistri="G",
+        age_at_study="55", RACE_DESC="Asian", ETHNIC_GROUP_DESC="Non-Hispanic or Latino",
+    )  # fmt: skip
+    clinical.to_csv(embed / "EMBED_OpenData_clinical.csv", index=False)
+    (embed / "tables").mkdir()
+    (embed / "tables" / "AWS_Open_Data_Clinical_Legend.csv").write_bytes(PUBLISHED_LEGEND.encode())
+
+    parser = argparse.ArgumentParser()
+    add_data_verbs(parser.add_subparsers())
+    args = parser.parse_args(
+        ["prepare", "--embed", str(embed), "--out", str(tmp_path / "p"), "--long-side", "32"]
+    )
+    assert args.func(args) == 0
+    table, _ = load_prepared(tmp_path / "p")
+    assert len(table) == int((meta["FinalImageType"] == "2D").sum())
+    assert table.attrs["legend"]["calcfind"] == {"P": "Punctate"}
+    report = ReportBuilder(table.attrs["legend"]).build(table.iloc[0].to_dict())
+    assert (
+        "Findings: suspicious abnormality, biopsy should be considered. "
+        "There is an Architectural distortion mass of Isodense. "
+        "There are Punctate calcifications in a Grouped distribution. Impressions:"
+    ) in report

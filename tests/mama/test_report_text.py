@@ -29,13 +29,13 @@ ROW = {
 EXPECTED = (
     "Procedure reported: MG Screening Bilateral. "
     "Reason for procedure: screening. "
-    "Patient info: race Caucasian or White; ethnicity Hispanic or Latino; age 61. "
-    "Image info: 2D full-field digital mammogram; side left; view mediolateral oblique. "
+    "Patient info: race Caucasian or White, ethnicity Hispanic or Latino, age 61. "
+    "Image info: 2D full-field digital mammogram, side left, view mediolateral oblique. "
     "Breast composition: the breasts are heterogeneously dense, which could obscure small masses. "
     "Dense tissue may lower the sensitivity of mammography. "
     "Findings: suspicious abnormality, biopsy should be considered. "
     "There is an irregular mass of high density. "
-    "There are pleomorphic calcifications in a grouped distribution. "
+    "There are punctate calcifications in a grouped distribution. "
     "Impressions: BI-RADS Category 4: Suspicious. "
     "Overall Assessment: Suspicious."
 )
@@ -50,11 +50,51 @@ def test_ethnicity_other_than_hispanic_and_missing_fields():
     for k in ("massshape", "massdens", "calcfind", "calcdistri"):
         row[k] = ""
     text = ReportBuilder().build(row)
-    assert "Patient info: race unknown; ethnicity Non-Hispanic or Latino; age unknown." in text
+    assert "Patient info: race unknown, ethnicity Non-Hispanic or Latino, age unknown." in text
     assert text.endswith(
         "Breast composition: the breasts are almost entirely fatty. Findings: no significant findings. "
         "Impressions: BI-RADS Category 1: Negative. Overall Assessment: Negative."
     )
+    # a missing ethnicity reads "Non-Hispanic or Latino", as in the reference (not "unknown")
+    for missing in ("", None, float("nan")):
+        assert ", ethnicity Non-Hispanic or Latino," in ReportBuilder().build(dict(row, ethnicity=missing))
+
+
+@pytest.mark.parametrize(
+    ("description", "reason"),
+    [
+        ("MG Screening Bilateral", "screening"),
+        ("MG Screen Bilat w/Tomo/CAD Stnd Protocol", "screening"),
+        ("MG Diagnostic Mammo Bilateral", "diagnostic"),
+        ("diagnostic after screening recall", "screening"),  # "screen" is tested first, as the reference
+        ("MG Specimen Radiograph", "unknown"),  # neither: prepare drops such images (reference)
+    ],
+)
+def test_reason_for_procedure(description, reason):
+    text = ReportBuilder().build(dict(ROW, study_description=description))
+    assert f"Reason for procedure: {reason}." in text
+
+
+@pytest.mark.parametrize(
+    ("codes", "mass", "calc"),
+    [
+        ({"massshape": "X", "massdens": "+"}, "There is an irregular mass of high density.", None),
+        ({"massshape": "X", "massdens": ""}, None, None),  # shape only: no sentence (reference)
+        ({"massshape": "", "massdens": "-"}, None, None),  # density only: no sentence
+        ({"massshape": "X", "massdens": "?"}, None, None),  # a code the legend lacks counts as missing
+        (
+            {"calcfind": "U", "calcdistri": "S"},
+            None,
+            "There are suture calcifications in a segmental distribution.",
+        ),
+        ({"calcfind": "P", "calcdistri": ""}, None, None),
+        ({"calcfind": "", "calcdistri": "G"}, None, None),
+    ],
+)
+def test_finding_sentences_need_both_codes(codes, mass, calc):
+    row = {**ROW, "massshape": "", "massdens": "", "calcfind": "", "calcdistri": "", **codes}
+    sentences = ReportBuilder().finding_sentences(row)
+    assert sentences == " ".join(s for s in (mass, calc) if s)
 
 
 def _clinical(rows):
@@ -104,12 +144,12 @@ def test_reports_of_bilateral_and_multi_finding_exam():
         "Findings: suspicious abnormality, biopsy should be considered. There is an oval mass of equal density. Imp"
         in left
     )
-    assert "calcifications" not in left
+    assert "calcifications" not in left and "side left, view craniocaudal." in left
     assert right.endswith(
         "Breast composition: there are scattered areas of fibroglandular density. Findings: no significant findings. "
         "Impressions: BI-RADS Category 1: Negative. Overall Assessment: Negative."
     )
-    assert "side right; view craniocaudal." in right
+    assert "side right, view craniocaudal." in right
 
 
 def test_birads0_rule_in_report():
@@ -132,11 +172,11 @@ def test_masking_frequencies():
     rng = np.random.default_rng(0)
     n = 4000
     pats = {
-        "race": "race unknown;",
-        "ethnicity": "ethnicity unknown;",
+        "race": "race unknown,",
+        "ethnicity": "ethnicity unknown,",
         "age": "age unknown.",
         "image_type": "Image info: unknown full-field",
-        "side": "side unknown;",
+        "side": "side unknown,",
         "view": "view unknown.",
     }
     counts = dict.fromkeys(pats, 0)
@@ -161,12 +201,32 @@ def test_separators_where_full_stops_and_semicolons_were():
     row = dict(ROW, study_description="MG Scr. Bilat; tomo", race="A.B")
     text = ReportBuilder().build(row)
     sep = re.sub(r"[.;]", " [SEP]", text)
-    # boundaries: 2 (segments 1-2) + 3 (patient) + 3 (image) + 2 (density) + 3 (findings) + 1 (impression) + 1 (assessment)
-    assert sep.count("[SEP]") == 15
+    # boundaries: 2 (segments 1-2) + 1 (patient) + 1 (image) + 2 (density) + 3 (findings) + 1 (impression) + 1 (assessment)
+    assert sep.count("[SEP]") == 11
     pieces = [p.strip() for p in sep.split("[SEP]") if p.strip()]
     assert pieces[0] == "Procedure reported: MG Scr Bilat tomo"
-    assert pieces[2] == "Patient info: race A B"
+    assert pieces[2] == "Patient info: race A B, ethnicity Hispanic or Latino, age 61"
     assert pieces[-1] == "Overall Assessment: Suspicious"
+
+
+def test_plain_report_has_the_reference_sentence_count():
+    """No extra sentences (density A/B, no finding codes): 8 separators, as the reference's 8 segments
+    (procedure; reason; patient info. image info. composition. findings. impression. assessment.)."""
+    row = {
+        **ROW,
+        "tissueden": 2,
+        "asses": "N",
+        "massshape": "",
+        "massdens": "",
+        "calcfind": "",
+        "calcdistri": "",
+    }
+    text = ReportBuilder().build(row)
+    assert text.count(".") + text.count(";") == 8
+    for masked in (0.0, 1.0):  # masking never changes the sentence count
+        rb = ReportBuilder()
+        t = rb.render(rb.parts(row), mask_prob=masked, rng=np.random.default_rng(0))
+        assert t.count(".") + t.count(";") == 8
 
 
 def test_zero_shot_prompts():
@@ -189,7 +249,12 @@ def test_zero_shot_prompts():
 
 def test_legend_table_overrides_codes():
     legend = pd.DataFrame(
-        {"Header in export": ["massshape"], "Description": ["x"], "Code": ["Z"], "Meaning": ["zigzag."]}
+        {
+            "Header in export": ["massshape", "massdens"],
+            "Description": ["x", "y"],
+            "Code": ["Z ", "~"],
+            "Meaning": ["zigzag.", "wavy density  "],
+        }
     )
-    row = dict(ROW, massshape="Z", massdens="", calcfind="", calcdistri="")
-    assert "There is a zigzag mass." in ReportBuilder(legend).build(row)
+    row = dict(ROW, massshape="Z", massdens="~", calcfind="", calcdistri="")
+    assert "There is a zigzag mass of wavy density." in ReportBuilder(legend).build(row)

@@ -44,6 +44,27 @@ def test_tables_in_embed_and_rsna_format(synth_dir):
     assert rsna["cancer"].sum() >= 2
 
 
+def test_legend_in_published_format_and_codes_mean_what_is_drawn(synth_dir):
+    from medlearn.mama.data.synth import DISTRI_CODE, MORPH_CODE, SHAPE_CODE
+
+    path = synth_dir / "embed" / "AWS_Open_Data_Clinical_Legend.csv"
+    raw = path.read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbfHeader in export,Discription,Code,Meaning\r\n") or raw.startswith(
+        b"\xef\xbb\xbfHeader in export,Discription,Code,Meaning\n"
+    )
+    assert b"calcfind,calcfind,P         ,punctate   " in raw  # padded code and meaning
+    _, _, legend = read_embed(synth_dir / "embed")
+    assert legend["side"] == {"L": "left", "R": "right", "B": "both"}  # a header the reports do not use
+    # the code written for each drawn finding means that finding in the EMBED legend
+    assert {m: legend["calcfind"][c] for m, c in MORPH_CODE.items()} == {
+        "punctate": "punctate", "pleomorphic": "pleomorphic", "fine_linear": "fine linear", "coarse": "coarse"
+    }  # fmt: skip
+    assert {k: legend["massshape"][c] for k, c in SHAPE_CODE.items()} == {
+        "round": "round", "oval": "oval", "irregular": "irregular"
+    }  # fmt: skip
+    assert all(legend["calcdistri"][c] == k for k, c in DISTRI_CODE.items())
+
+
 def test_dicom_headers(synth_dir):
     meta = pd.read_csv(synth_dir / "embed" / "EMBED_OpenData_metadata.csv", dtype=str)
     photometric, manufacturers = set(), set()

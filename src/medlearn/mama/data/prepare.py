@@ -55,6 +55,9 @@ class PrepareConfig:
         resume: reuse images cached by an earlier run with the same options (``cache_index.csv``).
         split_fractions, split_seed: patient-level split; balanced_seed: balanced test subsets.
         strip_prefix: removed from EMBED ``anon_dicom_path`` values; exclude_spot_mag: drop spot/mag views.
+        clinical_fallback: an image whose exam has no clinical row of its side and no bilateral
+            row takes the best row of the whole exam (``exam``, the reference) or is dropped
+            (``none``; an empty ``side`` then counts as bilateral, as in the EMBED README).
     """
 
     long_side: int = 1080
@@ -71,6 +74,7 @@ class PrepareConfig:
     balanced_seed: int = 42
     strip_prefix: str = ""
     exclude_spot_mag: bool = False
+    clinical_fallback: str = "exam"
 
     def check(self) -> None:
         if self.bits not in (8, 16):
@@ -81,6 +85,10 @@ class PrepareConfig:
             raise ConfigError(f"prepare.window must be 'voi' or 'max', got {self.window!r}")
         if self.long_side < 8:
             raise ConfigError(f"prepare.long_side must be >= 8, got {self.long_side}")
+        if self.clinical_fallback not in ("exam", "none"):
+            raise ConfigError(
+                f"prepare.clinical_fallback must be 'exam' or 'none', got {self.clinical_fallback!r}"
+            )
 
 
 def dicom_to_unit(path: str | Path, window: str = "voi") -> np.ndarray:
@@ -282,7 +290,10 @@ def prepare_dataset(
     legend = dict(DEFAULT_LEGEND)
     if embed_dir is not None:
         t, dropped, legend = read_embed(
-            embed_dir, strip_prefix=cfg.strip_prefix, exclude_spot_mag=cfg.exclude_spot_mag
+            embed_dir,
+            strip_prefix=cfg.strip_prefix,
+            exclude_spot_mag=cfg.exclude_spot_mag,
+            clinical_fallback=cfg.clinical_fallback,
         )
         tables.append(t)
         roots.append(Path(dicom_root_embed or embed_dir))

@@ -1,16 +1,21 @@
 """Structured text reports built from EMBED tabular fields (spec section 5), and zero-shot prompts.
 
-A report has 8 segments, each ending in "." or ";" (the text tower turns every "." and ";" into its
-sentence-separator token, so field values are cleaned of both characters):
+A report has 8 segments, each one sentence ending in "." (the text tower turns every "." and ";"
+into its sentence-separator token, so field values are cleaned of both characters). As in the
+reference, a plain report has 8 separators; the wording is ours:
 
 1. ``Procedure reported: <StudyDescription>.``
-2. ``Reason for procedure: screening|diagnostic.``
-3. ``Patient info: race <r>; ethnicity <e>; age <a>.``
-4. ``Image info: <type> full-field digital mammogram; side <s>; view <v>.``
+2. ``Reason for procedure: screening|diagnostic.`` ("screen" in the description, else "diag")
+3. ``Patient info: race <r>, ethnicity <e>, age <a>.``
+4. ``Image info: <type> full-field digital mammogram, side <s>, view <v>.``
 5. ``Breast composition: <density phrase>.`` (+ a sensitivity sentence for density C/D)
-6. ``Findings: <assessment phrase>.`` (+ optional mass and calcification sentences from the legend)
+6. ``Findings: <assessment phrase>.`` (+ a mass sentence when both the shape and the density code
+   have a legend meaning, + a calcification sentence when both morphology and distribution have one)
 7. ``Impressions: BI-RADS Category <k>: <category name>.``
 8. ``Overall Assessment: <category name>.``
+
+Ethnicity is "Hispanic or Latino" or, for anything else including a missing value, "Non-Hispanic or
+Latino" (the reference's rule).
 
 Masking (training only): age, race, ethnicity, image type, side and view are each replaced by
 "unknown" with probability ``mask_prob``, drawn afresh on every call. Everything that needs a
@@ -29,7 +34,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medlearn.mama.data.tables import ASSES_TO_BIRADS, DEFAULT_LEGEND
+from medlearn.mama.data.legend import DEFAULT_LEGEND
+from medlearn.mama.data.tables import ASSES_TO_BIRADS, procedure_reason
 
 UNKNOWN = "unknown"
 BIRADS_NAMES = (
@@ -113,8 +119,8 @@ def render(parts: ReportParts, masked: Mapping[str, bool] | None = None) -> str:
     def f(name: str) -> str:
         return UNKNOWN if masked.get(name, False) else getattr(parts, name)
 
-    patient = f"Patient info: race {f('race')}; ethnicity {f('ethnicity')}; age {f('age')}."
-    image = f"Image info: {f('image_type')} full-field digital mammogram; side {f('side')}; view {f('view')}."
+    patient = f"Patient info: race {f('race')}, ethnicity {f('ethnicity')}, age {f('age')}."
+    image = f"Image info: {f('image_type')} full-field digital mammogram, side {f('side')}, view {f('view')}."
     return " ".join(s for s in (parts.head, patient, image, parts.tail) if s)
 
 
@@ -164,47 +170,38 @@ class ReportBuilder:
         return " and ".join(codes[c] for c in _codes(value) if c in codes)
 
     def finding_sentences(self, row: Mapping[str, Any]) -> str:
-        """Optional mass and calcification sentences from the legend codes of ``row``."""
+        """Mass and calcification sentences of ``row``; each needs both codes of its pair in the legend."""
         out = []
         shape, dens = (
             self._meanings("massshape", row.get("massshape")),
             self._meanings("massdens", row.get("massdens")),
         )
-        art = "an" if shape[:1].lower() in "aeiou" and shape else "a"
         if shape and dens:
+            art = "an" if shape[:1].lower() in "aeiou" else "a"
             out.append(f"There is {art} {shape} mass of {dens}.")
-        elif shape:
-            out.append(f"There is {art} {shape} mass.")
-        elif dens:
-            out.append(f"There is a mass of {dens}.")
         morph = self._meanings("calcfind", row.get("calcfind"))
         distri = self._meanings("calcdistri", row.get("calcdistri"))
         if morph and distri:
             out.append(f"There are {morph} calcifications in a {distri} distribution.")
-        elif morph:
-            out.append(f"There are {morph} calcifications.")
-        elif distri:
-            out.append(f"There are calcifications in a {distri} distribution.")
         return " ".join(out)
 
     @staticmethod
     def _meta(row: Mapping[str, Any]) -> dict[str, str]:
         proc = clean(row.get("study_description"))
-        reason = "diagnostic" if "diag" in proc.lower() else "screening"
-        head = f"Procedure reported: {proc or UNKNOWN}. Reason for procedure: {reason if proc else UNKNOWN}."
+        reason = procedure_reason(proc)
+        head = f"Procedure reported: {proc or UNKNOWN}. Reason for procedure: {reason or UNKNOWN}."
         age = row.get("age")
         try:
             age_f = float(age)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             age_f = float("nan")
         eth = clean(row.get("ethnicity"))
-        if eth:
-            eth = "Hispanic or Latino" if eth.lower() == HISPANIC else "Non-Hispanic or Latino"
+        eth = "Hispanic or Latino" if eth.lower() == HISPANIC else "Non-Hispanic or Latino"
         view = clean(row.get("view")).upper()
         return {
             "head": head,
             "race": clean(row.get("race")) or UNKNOWN,
-            "ethnicity": eth or UNKNOWN,
+            "ethnicity": eth,
             "age": str(int(age_f)) if math.isfinite(age_f) else UNKNOWN,
             "image_type": clean(row.get("image_type")) or UNKNOWN,
             "side": SIDE_NAMES.get(clean(row.get("laterality")).upper(), UNKNOWN),

@@ -4,7 +4,8 @@
 
     out/embed/EMBED_OpenData_metadata.csv   one row per image (EMBED columns, incl. ROI_coords)
     out/embed/EMBED_OpenData_clinical.csv   one row per finding (side L/R/B), exam-level fields
-    out/embed/EMBED_OpenData_legend.csv     code meanings (Header in export, Description, Code, Meaning)
+    out/embed/AWS_Open_Data_Clinical_Legend.csv  code meanings in the published legend's format
+                                            (BOM, "Discription" header, padded cells, extra headers)
     out/embed/images/<empi>/<acc>/<n>.dcm   16-bit MG DICOMs (anon_dicom_path is relative to out/embed)
     out/rsna/train.csv                      RSNA Kaggle columns, disjoint patients
     out/rsna/train_images/<patient>/<image>.dcm
@@ -32,13 +33,13 @@ import pandas as pd
 
 from medlearn.errors import ConfigError
 from medlearn.io.dicom_write import write_dicom_mg
+from medlearn.mama.data.legend import write_published_legend
 from medlearn.mama.data.synth_image import Breast, Finding, render_view
 from medlearn.mama.data.tables import (
     CLINICAL_COLUMNS,
     CLINICAL_OPTIONAL,
     METADATA_COLUMNS,
     RSNA_COLUMNS,
-    legend_table,
 )
 
 log = logging.getLogger(__name__)
@@ -76,9 +77,18 @@ DIAG_SCENARIOS = (
     ("known_cancer", 0.08),
 )
 SHAPE_CODE = {"round": "R", "oval": "O", "irregular": "X"}
-MORPH_CODE = {"punctate": "U", "pleomorphic": "P", "fine_linear": "F", "coarse": "H"}
+MORPH_CODE = {"punctate": "P", "pleomorphic": "K", "fine_linear": "F", "coarse": "Q"}  # EMBED legend codes
 DISTRI_CODE = {"grouped": "G", "segmental": "S", "linear": "L", "diffuse": "D"}
 VIEW_SIZE_MM = 300.0  # detector height; width is 0.8 of it
+LEGEND_NAME = "AWS_Open_Data_Clinical_Legend.csv"
+# legend rows of headers the reports do not use (ours; the published legend has about 90 such headers)
+EXTRA_LEGEND_ROWS = (
+    ("side", "Side of the finding", "L", "left"),
+    ("side", "Side of the finding", "R", "right"),
+    ("side", "Side of the finding", "B", "both"),
+    ("numfind", "Index of the finding, counted from 1 within an exam", "", ""),
+    ("desc", "Study description, as entered at the site", "", ""),
+)
 
 
 @dataclass(frozen=True)
@@ -502,7 +512,7 @@ def generate(out: str | Path, cfg: SynthConfig) -> dict[str, Any]:
             clin[col] = np.nan
     meta.to_csv(embed / "EMBED_OpenData_metadata.csv", index=False)
     clin.to_csv(embed / "EMBED_OpenData_clinical.csv", index=False)
-    legend_table().to_csv(embed / "EMBED_OpenData_legend.csv", index=False)
+    write_published_legend(embed / LEGEND_NAME, extra_rows=EXTRA_LEGEND_ROWS)
     rres = _run(
         _rsna_patient,
         [(cfg.seed, i, cfg.long_side, rsna, cfg.rsna_cancer_rate, cfg.rsna_jpeg2000) for i in range(n_rsna)],

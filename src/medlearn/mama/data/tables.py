@@ -6,9 +6,21 @@ and the Dataset read. Column names of the raw exports follow the datasets' docum
 
 Row-selection rule (EMBED has one clinical row per finding): for an image of exam ``acc_anon`` and
 laterality L/R, the candidates are the exam's clinical rows whose ``side`` equals the laterality;
-when there is none, the bilateral rows (``side`` B, or empty: treated as bilateral). Among the
-candidates the highest BI-RADS row is kept, except that the BI-RADS-0 row is kept when every
-candidate is 0-2 and one of them is 0.
+when there is none, the rows with ``side`` B; when there is none either, every row of the exam
+(``fallback="exam"``, the reference). ``fallback="none"`` follows the EMBED README instead: an empty
+``side`` counts as bilateral, and an image without a same-side or bilateral row gets no row (it is
+dropped). Among the candidates the highest BI-RADS row is kept, except that the BI-RADS-0 row is
+kept when every candidate is 0-2 and one of them is 0. Rows whose ``asses`` is not a BI-RADS letter
+rank last. (The reference takes the arg-max over the valid letters but indexes the unfiltered rows,
+so an invalid letter shifts its choice to a wrong row; we do not reproduce that bug.)
+
+Procedure reason (as the reference): a StudyDescription containing "screen" is screening, else one
+containing "diag" is diagnostic; images whose description has neither are dropped.
+
+EMBED conventions (its README): ``side`` L/R/B or empty; ``asses`` letters A N B P S M K (BI-RADS
+0-6); ``tissueden`` 1-4 = BI-RADS A-D and 5 = normal male (no density label); ``FinalImageType``
+2D, cview (C-view) ...: only 2D is kept; ``spot_mag`` 1 for spot/magnification views, else 0 or
+empty; ``ROI_coords`` boxes ``[ymin, xmin, ymax, xmax]`` in DICOM pixels, nested in lists or tuples.
 """
 
 from __future__ import annotations
@@ -22,6 +34,12 @@ import numpy as np
 import pandas as pd
 
 from medlearn.errors import DataError
+from medlearn.mama.data.legend import (  # noqa: F401 - LEGEND_COLUMNS, legend_table re-exported
+    DEFAULT_LEGEND,
+    LEGEND_COLUMNS,
+    legend_table,
+    read_legend,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +64,6 @@ CLINICAL_OPTIONAL = (
     "ETHNIC_GROUP_DESC",
     "path_severity",
 )
-LEGEND_COLUMNS = ("Header in export", "Description", "Code", "Meaning")
 RSNA_COLUMNS = (
     "site_id",
     "patient_id",
@@ -70,6 +87,7 @@ BIRADS_TO_ASSES = {v: k for k, v in ASSES_TO_BIRADS.items()}
 # EMBED path_severity: 0 invasive cancer, 1 non-invasive cancer, 2 high risk, 3 borderline,
 # 4 benign, 5 negative, 6 non-breast cancer.
 CANCER_SEVERITIES = (0, 1)
+CLINICAL_FALLBACKS = ("exam", "none")
 RSNA_DENSITY = {"A": 0, "B": 1, "C": 2, "D": 3}
 
 # Columns of the per-image table (readers -> prepare -> Dataset). Integers use -1 for unknown.
@@ -99,50 +117,6 @@ IMAGE_COLUMNS = (
     "roi_coords",  # str: "[[ymin, xmin, ymax, xmax], ...]" in DICOM pixels, "" if none
 )
 
-# The EMBED legend codes used by the report builder (a subset of the published legend; the
-# meanings are the standard BI-RADS descriptors). Used when no legend file is given.
-DEFAULT_LEGEND = {
-    "massshape": {
-        "G": "generic",
-        "R": "round",
-        "O": "oval",
-        "X": "irregular",
-        "L": "lobulated",
-        "Q": "architectural distortion",
-        "A": "asymmetry",
-        "F": "focal asymmetry",
-    },
-    "massmargin": {
-        "D": "circumscribed",
-        "U": "obscured",
-        "M": "microlobulated",
-        "I": "indistinct",
-        "S": "spiculated",
-    },
-    "massdens": {"+": "high density", "=": "equal density", "-": "low density", "0": "fat containing"},
-    "calcfind": {
-        "9": "benign",
-        "A": "amorphous",
-        "H": "coarse heterogeneous",
-        "D": "dystrophic",
-        "E": "rim",
-        "F": "fine linear",
-        "B": "fine linear branching",
-        "P": "pleomorphic",
-        "U": "punctate",
-        "R": "round",
-        "V": "vascular",
-    },
-    "calcdistri": {
-        "G": "grouped",
-        "S": "segmental",
-        "L": "linear",
-        "R": "regional",
-        "D": "diffuse",
-        "C": "clustered",
-    },
-}
-
 
 def validate_columns(df: pd.DataFrame, required: Iterable[str], source: str | Path) -> None:
     """Raise a DataError naming ``source`` and every required column it lacks."""
@@ -152,45 +126,31 @@ def validate_columns(df: pd.DataFrame, required: Iterable[str], source: str | Pa
 
 
 def read_csv_checked(path: str | Path, required: Iterable[str]) -> pd.DataFrame:
-    """Read a CSV as strings (no type guessing) and validate its columns."""
+    """Read a CSV as strings (no type guessing) and validate its columns.
+
+    A UTF-8 byte-order mark is skipped and column names are stripped of surrounding spaces.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], low_memory=False)
+        df = pd.read_csv(
+            path, dtype=str, keep_default_na=False, na_values=[""], low_memory=False, encoding="utf-8-sig"
+        )
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise DataError(f"{path}: cannot be read as CSV ({exc})") from exc
+    df.columns = [str(c).strip() for c in df.columns]
     validate_columns(df, required, path)
     return df
-
-
-def legend_table(legend: dict[str, dict[str, str]] | None = None) -> pd.DataFrame:
-    """The legend dictionary as an EMBED-style legend table (``LEGEND_COLUMNS``)."""
-    legend = DEFAULT_LEGEND if legend is None else legend
-    rows = [
-        {"Header in export": h, "Description": h, "Code": c, "Meaning": m}
-        for h, codes in legend.items()
-        for c, m in codes.items()
-    ]
-    return pd.DataFrame(rows, columns=list(LEGEND_COLUMNS))
-
-
-def read_legend(path: str | Path) -> dict[str, dict[str, str]]:
-    """``{header: {code: meaning}}`` from an EMBED legend CSV (columns ``LEGEND_COLUMNS``)."""
-    df = read_csv_checked(path, LEGEND_COLUMNS)
-    out: dict[str, dict[str, str]] = {}
-    for h, c, m in zip(df["Header in export"], df["Code"], df["Meaning"]):
-        if isinstance(h, str) and isinstance(c, str) and isinstance(m, str):
-            out.setdefault(h.strip(), {})[c.strip()] = m.strip()
-    return out
 
 
 def find_embed_tables(embed_dir: str | Path) -> dict[str, Path]:
     """Locate the metadata, clinical and (optional) legend CSVs in ``embed_dir`` or its sub-folders.
 
     Names are matched case-insensitively: ``*metadata*.csv``, ``*clinical*.csv`` (not a legend) and
-    ``*legend*.csv``; only two folder levels are searched (not the DICOM tree). With several
-    candidates the first in sorted order is used and the choice is logged.
+    ``*legend*.csv`` (one with "clinical" in its name first, e.g. the published
+    ``AWS_Open_Data_Clinical_Legend.csv``); only two folder levels are searched (not the DICOM tree).
+    With several candidates the first in sorted order is used and the choice is logged.
     """
     embed_dir = Path(embed_dir)
     if not embed_dir.is_dir():
@@ -201,6 +161,8 @@ def find_embed_tables(embed_dir: str | Path) -> dict[str, Path]:
         hits = [
             p for p in csvs if key in p.name.lower() and (key == "legend" or "legend" not in p.name.lower())
         ]
+        if key == "legend":
+            hits.sort(key=lambda p: "clinical" not in p.name.lower())  # stable: sorted order otherwise
         if not hits:
             if key != "legend":
                 raise DataError(f"{embed_dir}: no *{key}*.csv table found (searched two folder levels)")
@@ -221,20 +183,38 @@ def _to_float(s: pd.Series) -> pd.Series:
     return pd.to_numeric(s, errors="coerce")
 
 
-def select_clinical_rows(clinical: pd.DataFrame) -> pd.DataFrame:
+def procedure_reason(description: object) -> str:
+    """``screening`` if the StudyDescription contains "screen", else ``diagnostic`` if it contains
+    "diag" (case-insensitive), else "" (the reference drops such images)."""
+    text = description.lower() if isinstance(description, str) else ""
+    return "screening" if "screen" in text else "diagnostic" if "diag" in text else ""
+
+
+def select_clinical_rows(clinical: pd.DataFrame, fallback: str = "exam") -> pd.DataFrame:
     """One clinical row per (acc_anon, laterality) following the module's row-selection rule.
 
-    Returns a frame with the clinical columns plus ``laterality`` ("L"/"R"), one row per key.
+    Args:
+        clinical: clinical rows (``acc_anon``, ``side``, ``asses`` and any other columns).
+        fallback: ``exam`` (reference: side, else B, else every row of the exam) or ``none``
+            (side, else B or empty side, else no row).
+    Returns:
+        the clinical columns plus ``laterality`` ("L"/"R"), at most one row per (exam, laterality).
     """
+    if fallback not in CLINICAL_FALLBACKS:
+        raise ValueError(f"fallback={fallback!r}: expected one of {CLINICAL_FALLBACKS}")
     c = clinical.reset_index(drop=True).copy()
     c["_row"] = np.arange(len(c))
     side = c["side"].fillna("").str.strip().str.upper()
     c["_birads"] = _birads_of(c["asses"])
+    bilateral = side.isin(["B"] if fallback == "exam" else ["B", ""])
     parts = []
     for lat in ("L", "R"):
-        exact = c[side == lat].assign(laterality=lat, _prio=0)
-        bilat = c[side.isin(["B", ""])].assign(laterality=lat, _prio=1)
-        parts += [exact, bilat]
+        parts += [
+            c[side == lat].assign(laterality=lat, _prio=0),
+            c[bilateral].assign(laterality=lat, _prio=1),
+        ]
+        if fallback == "exam":
+            parts.append(c.assign(laterality=lat, _prio=2))
     cand = pd.concat(parts, ignore_index=True)
     if cand.empty:
         return cand.drop(columns=["_row", "_prio", "_birads"])
@@ -264,6 +244,7 @@ def merge_embed(
     *,
     strip_prefix: str = "",
     exclude_spot_mag: bool = False,
+    clinical_fallback: str = "exam",
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """Per-image table from EMBED metadata + clinical rows (2D images only).
 
@@ -272,6 +253,8 @@ def merge_embed(
         clinical: ``EMBED_OpenData_clinical*.csv`` as strings.
         strip_prefix: removed from the start of ``anon_dicom_path`` (e.g. a site's NAS mount).
         exclude_spot_mag: also drop spot-compression / magnification views (off: reference keeps 2D).
+        clinical_fallback: row selection without a same-side or B row, ``exam`` (reference) or
+            ``none`` (module docstring).
     Returns:
         (table with ``IMAGE_COLUMNS``, counts of dropped images by reason).
     """
@@ -299,7 +282,7 @@ def merge_embed(
         "laterality",
         *[c for c in CLINICAL_COLUMNS + CLINICAL_OPTIONAL if c not in ("empi_anon", "acc_anon")],
     ]
-    sel = select_clinical_rows(cl[[*CLINICAL_COLUMNS, *CLINICAL_OPTIONAL]])[keep_cols]  # no name clashes
+    sel = select_clinical_rows(cl[[*CLINICAL_COLUMNS, *CLINICAL_OPTIONAL]], clinical_fallback)[keep_cols]
     merged = md.merge(sel, on=["acc_anon", "laterality"], how="left", indicator=True)
     no_row = merged["_merge"] == "left_only"
     dropped["no_clinical_row"] = int(no_row.sum())
@@ -308,12 +291,14 @@ def merge_embed(
     birads = _birads_of(merged["asses"])
     tissueden = _to_float(merged["tissueden"])
     miss_proc = procedure == ""
-    miss_dens = tissueden.isna() & ~miss_proc
-    miss_bir = birads.isna() & ~miss_proc & ~miss_dens
+    no_reason = (procedure.map(procedure_reason) == "") & ~miss_proc
+    miss_dens = tissueden.isna() & ~miss_proc & ~no_reason
+    miss_bir = birads.isna() & ~miss_proc & ~no_reason & ~miss_dens
     dropped["missing_procedure"] = int(miss_proc.sum())
+    dropped["not_screening_or_diagnostic"] = int(no_reason.sum())
     dropped["missing_density"] = int(miss_dens.sum())
     dropped["missing_birads"] = int(miss_bir.sum())
-    keep = ~(miss_proc | miss_dens | miss_bir)
+    keep = ~(miss_proc | no_reason | miss_dens | miss_bir)
     m = merged[keep].reset_index(drop=True)
     birads, tissueden = birads[keep].reset_index(drop=True), tissueden[keep].reset_index(drop=True)
     sev = _to_float(m["path_severity"])
@@ -337,10 +322,10 @@ def merge_embed(
             "ethnicity": m["ETHNIC_GROUP_DESC"].fillna("").astype(str),
             "asses": m["asses"].fillna("").str.strip().str.upper(),
             "tissueden": tissueden,
-            "massshape": m["massshape"].fillna("").astype(str),
-            "massdens": m["massdens"].fillna("").astype(str),
-            "calcfind": m["calcfind"].fillna("").astype(str),
-            "calcdistri": m["calcdistri"].fillna("").astype(str),
+            "massshape": m["massshape"].fillna("").astype(str).str.strip(),
+            "massdens": m["massdens"].fillna("").astype(str).str.strip(),
+            "calcfind": m["calcfind"].fillna("").astype(str).str.strip(),
+            "calcdistri": m["calcdistri"].fillna("").astype(str).str.strip(),
             "path_severity": sev,
             "birads": birads.astype(int),
             "density": dens.fillna(-1).astype(int),
@@ -355,15 +340,26 @@ def merge_embed(
 
 
 def read_embed(
-    embed_dir: str | Path, *, strip_prefix: str = "", exclude_spot_mag: bool = False
+    embed_dir: str | Path,
+    *,
+    strip_prefix: str = "",
+    exclude_spot_mag: bool = False,
+    clinical_fallback: str = "exam",
 ) -> tuple[pd.DataFrame, dict[str, int], dict[str, dict[str, str]]]:
-    """Read the EMBED tables under ``embed_dir``: (per-image table, dropped counts, legend)."""
+    """Read the EMBED tables under ``embed_dir``: (per-image table, dropped counts, legend).
+
+    Options as in :func:`merge_embed`; without a legend file the legend is ``DEFAULT_LEGEND``.
+    """
     found = find_embed_tables(embed_dir)
     metadata = read_csv_checked(found["metadata"], METADATA_COLUMNS)
     clinical = read_csv_checked(found["clinical"], CLINICAL_COLUMNS)
     legend = read_legend(found["legend"]) if "legend" in found else dict(DEFAULT_LEGEND)
     table, dropped = merge_embed(
-        metadata, clinical, strip_prefix=strip_prefix, exclude_spot_mag=exclude_spot_mag
+        metadata,
+        clinical,
+        strip_prefix=strip_prefix,
+        exclude_spot_mag=exclude_spot_mag,
+        clinical_fallback=clinical_fallback,
     )
     return table, dropped, legend
 
@@ -403,14 +399,25 @@ def read_rsna(train_csv: str | Path, *, images_dir: str = "train_images") -> pd.
     )[list(IMAGE_COLUMNS)]
 
 
+def _flatten(value: object) -> list[object]:
+    if isinstance(value, (list, tuple)):
+        return [x for v in value for x in _flatten(v)]
+    return [value]
+
+
 def parse_roi_coords(text: str) -> list[tuple[int, int, int, int]]:
-    """``"[[ymin, xmin, ymax, xmax], ...]"`` (or tuple syntax) -> list of boxes; "" -> []."""
+    """``ROI_coords`` text -> list of ``(ymin, xmin, ymax, xmax)`` boxes; "" (or an empty list) -> [].
+
+    Any nesting of lists or tuples is accepted (``[[y, x, y, x], ...]``, ``((y, x, y, x),)``, the
+    datathon files' ``[[[y, x, y, x]]]``): the numbers are read in order, four per box.
+    """
     if not isinstance(text, str) or not text.strip():
         return []
     try:
-        value = ast.literal_eval(text.strip())
+        numbers = _flatten(ast.literal_eval(text.strip()))
     except (ValueError, SyntaxError) as exc:
         raise DataError(f"ROI_coords {text!r}: not a list of boxes") from exc
-    if len(value) == 4 and all(isinstance(v, (int, float)) for v in value):
-        value = [value]
-    return [tuple(int(round(float(v))) for v in box) for box in value]  # type: ignore[misc]
+    if len(numbers) % 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
+        raise DataError(f"ROI_coords {text!r}: expected groups of four numbers (ymin, xmin, ymax, xmax)")
+    vals = [int(round(float(v))) for v in numbers]  # type: ignore[arg-type]
+    return [tuple(vals[i : i + 4]) for i in range(0, len(vals), 4)]  # type: ignore[misc]
