@@ -25,6 +25,19 @@ def test_dice_hand_case():
     assert dice_score(a, b) == pytest.approx(0.5)
     assert dice_score(np.zeros_like(a), np.zeros_like(a)) == 1.0
     assert dice_score(a, np.zeros_like(a)) == 0.0
+    assert dice_score(np.zeros_like(a), a) == 0.0
+    with pytest.raises(ValueError, match="differ"):
+        dice_score(a, a[:3])
+
+
+def test_dice_equals_counting_formula_exactly():
+    """MONAI-backed Dice against 2|P&G| / (|P| + |G|) counted with numpy (same float64 value)."""
+    rng = np.random.default_rng(0)
+    for frac in (0.02, 0.3, 0.9):
+        p = rng.random((13, 11, 7)) < frac
+        g = rng.random((13, 11, 7)) < 0.3
+        ref = 2.0 * np.logical_and(p, g).sum() / (p.sum() + g.sum())
+        assert dice_score(p.astype(np.uint8), g.astype(np.float32) * 2) == ref
 
 
 def test_surface_distances_single_voxels_anisotropic():

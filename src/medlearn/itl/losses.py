@@ -1,15 +1,17 @@
 """Segmentation and distillation losses (pure functions on logits).
 
-``dice_ce`` equals MONAI's ``DiceCELoss(softmax=True, to_onehot_y=True)`` on hard labels (tested)
-and also accepts soft targets, which the feature-mixing term of ITL needs.  Each loss is registered
-by name in :data:`LOSSES`, so a strategy (or a config) names the loss it uses.
+``dice_ce`` is MONAI's ``DiceCELoss`` (softmax, per-sample and per-class Dice); the distillation
+and EWC terms have no MONAI counterpart and are written here.  Each loss is registered by name in
+:data:`LOSSES`, so a strategy (or a config) names the loss it uses.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from medlearn.engine.registry import Registry
 
@@ -21,28 +23,43 @@ def one_hot(labels: Tensor, num_classes: int) -> Tensor:
     return F.one_hot(labels, num_classes).permute(0, 3, 1, 2).float()
 
 
+@lru_cache(maxsize=8)
+def _monai_dice_ce(smooth: float, labels: bool) -> nn.Module:
+    from monai.losses import DiceCELoss  # imported on first use: importing MONAI takes seconds
+
+    # its DiceLoss keeps soft_label=False: the classic ratio 2*sum(p*t) / (sum(p) + sum(t)), also for
+    # probability targets
+    return DiceCELoss(to_onehot_y=labels, softmax=True, smooth_nr=smooth, smooth_dr=smooth)
+
+
 @LOSSES.register("dice_ce")
 def dice_ce(logits: Tensor, target: Tensor, smooth: float = 1e-5) -> Tensor:
-    """Soft Dice (per sample and class, all classes, averaged) + cross-entropy.
+    """Soft Dice (per sample and class, background included, averaged) + cross-entropy.
+
+    MONAI's ``DiceCELoss(softmax=True, smooth_nr=smooth_dr=smooth)``: with D_bk = (2 sum p*t +
+    smooth) / (sum p + sum t + smooth) over the pixels of sample b and class k, the loss is
+    ``mean_bk (1 - D_bk) + mean over pixels of -sum_k t_k log softmax(logits)_k``.  Probability
+    targets (ITL's feature mixing) go through the same formula (MONAI's ``DiceLoss`` default
+    ``soft_label=False``) and a probability-target cross-entropy.
 
     Args:
-        logits: (B, K, H, W).
+        logits: (B, K, H, W), K >= 2; no activation applied beforehand.
         target: (B, H, W) int64 labels or (B, K, H, W) class probabilities.
         smooth: added to numerator and denominator of the Dice ratio (MONAI's 1e-5 default).
     Returns:
-        scalar ``(1 - mean Dice) + mean CE``.
+        scalar loss.
+    Raises:
+        ValueError: if the shapes do not match or K < 2 (MONAI would switch to a sigmoid loss).
     """
-    if target.dim() == logits.dim() - 1:
-        target = one_hot(target, logits.shape[1])
-    if target.shape != logits.shape:
+    labels = target.dim() == logits.dim() - 1
+    want = (logits.shape[0], *logits.shape[2:]) if labels else tuple(logits.shape)
+    if tuple(target.shape) != want:
         raise ValueError(f"dice_ce: logits {tuple(logits.shape)} and target {tuple(target.shape)} differ")
-    prob = logits.softmax(1)
-    dims = (2, 3)
-    inter = (prob * target).sum(dims)
-    denom = prob.sum(dims) + target.sum(dims)
-    dice = 1.0 - (2 * inter + smooth) / (denom + smooth)
-    ce = -(target * logits.log_softmax(1)).sum(1).mean()
-    return dice.mean() + ce
+    if logits.shape[1] < 2:
+        raise ValueError(
+            f"dice_ce: needs at least 2 classes (background + foreground), got {logits.shape[1]}"
+        )
+    return _monai_dice_ce(float(smooth), labels)(logits, target[:, None] if labels else target)
 
 
 @LOSSES.register("kl_distill")

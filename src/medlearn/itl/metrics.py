@@ -1,7 +1,7 @@
 """Segmentation metrics per case and continual-learning metrics of the accuracy matrix R.
 
-Per case (3D, binary): Dice, HD95 and average symmetric surface distance (ASD) in millimetres from
-MONAI's surface-distance metrics with the voxel spacing.  (A widely copied prostate evaluation
+Per case (3D, binary): Dice (MONAI's ``compute_dice``), HD95 and average symmetric surface
+distance (ASD) in millimetres from MONAI's surface-distance metrics with the voxel spacing.  (A widely copied prostate evaluation
 script reports the average surface distance under the name "Hausdorff"; here HD95 is the 95th
 percentile Hausdorff distance and ASD is the average surface distance.)
 
@@ -27,16 +27,25 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 def dice_score(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Binary Dice ``2|P&G| / (|P| + |G|)``; 1.0 when both are empty."""
-    p, g = pred > 0, gt > 0
-    denom = p.sum() + g.sum()
-    if denom == 0:
-        return 1.0
-    return float(2.0 * np.logical_and(p, g).sum() / denom)
+    """Binary Dice ``2|P&G| / (|P| + |G|)`` of the non-zero voxels; 1.0 when both are empty.
+
+    ``monai.metrics.compute_dice`` on the foreground channel with ``ignore_empty=False`` (an empty
+    ground truth scores 1.0 for an empty prediction and 0.0 otherwise), in float64.
+
+    Args:
+        pred, gt: masks of the same shape, e.g. (X, Y, Z).
+    """
+    from monai.metrics import compute_dice
+
+    if pred.shape != gt.shape:
+        raise ValueError(f"dice_score: prediction {pred.shape} and ground truth {gt.shape} differ")
+    yp, yt = _onehot(pred, torch.float64), _onehot(gt, torch.float64)
+    return float(compute_dice(yp, yt, include_background=False, ignore_empty=False).reshape(-1)[0])
 
 
-def _onehot(mask: np.ndarray) -> torch.Tensor:
-    m = torch.from_numpy((mask > 0).astype(np.float32))
+def _onehot(mask: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(X, Y, Z) mask -> (1, 2, X, Y, Z) background / foreground one-hot."""
+    m = torch.from_numpy(mask > 0).to(dtype)
     return torch.stack([1 - m, m])[None]
 
 
