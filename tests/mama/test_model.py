@@ -43,6 +43,13 @@ def test_trainable_parameters_are_lora_image_and_heads(tiny):
     assert counts["other"] == 0
     base = [n for n, p in model.text.named_parameters() if p.requires_grad and "lora_" not in n]
     assert base == []
+    # an unfrozen text-base weight is reported under "other", with its size
+    wpe = next(p for n, p in model.text.named_parameters() if n.endswith("wpe.weight"))
+    wpe.requires_grad_(True)
+    try:
+        assert count_trainable(model)["other"] == wpe.numel() > 0
+    finally:
+        wpe.requires_grad_(False)
 
 
 def test_local_heads_frozen_before_late_phase(tiny):

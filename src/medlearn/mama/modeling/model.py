@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from medlearn.engine.parameters import count_parameters
 from medlearn.mama.config import LossConfig, ModelConfig
 from medlearn.mama.modeling.heads import MamaHeads
 from medlearn.mama.modeling.image_tower import ImageTower
@@ -97,17 +98,14 @@ class MamaModel(nn.Module):
 
 
 def count_trainable(model: MamaModel) -> dict[str, int]:
-    """Trainable parameter counts per group: ``lora``, ``image``, ``heads``, ``other`` (must be 0)."""
-    counts = {"lora": 0, "image": 0, "heads": 0, "other": 0}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if name.startswith("text.") and "lora_" in name:
-            counts["lora"] += p.numel()
-        elif name.startswith("image."):
-            counts["image"] += p.numel()
-        elif name.startswith("heads."):
-            counts["heads"] += p.numel()
-        else:
-            counts["other"] += p.numel()
+    """Trainable parameter counts per group: ``lora``, ``image``, ``heads``, ``other`` (must be 0).
+
+    ``other`` is every trainable parameter outside the three groups (e.g. an unfrozen text base).
+    """
+    counts = {
+        "lora": count_parameters(model.text, trainable_only=True, where=lambda n: "lora_" in n),
+        "image": count_parameters(model.image, trainable_only=True),
+        "heads": count_parameters(model.heads, trainable_only=True),
+    }
+    counts["other"] = count_parameters(model, trainable_only=True) - sum(counts.values())
     return counts
