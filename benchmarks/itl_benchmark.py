@@ -26,7 +26,7 @@ from medlearn.itl.config import STRATEGIES, ITLConfig
 from medlearn.itl.data import prepare_dataset
 from medlearn.itl.model import MultiSiteExpert
 from medlearn.itl.synth import SITE_ORDER, SITES, make_benchmark
-from medlearn.itl.train import run_sequence
+from medlearn.itl.train import train as train_itl
 
 ABLATIONS = {
     "itl-no-mix": ["itl.feature_mix=false"],
@@ -54,7 +54,7 @@ def base_overrides(args: argparse.Namespace, root: Path) -> list[str]:
         "train.batch_size=8",
         "train.memory_batch=4",
         f"train.memory_per_site={args.memory}",
-        "train.lr=0.003",
+        "optim.lr=0.003",
         "train.eval_batch=64",
         f"engine.device={args.device}",
         "engine.progress=false",
@@ -132,13 +132,13 @@ def main() -> None:
         cfg = load_config(
             ITLConfig,
             None,
-            base_overrides(args, root) + extra + [f"out={out / name}", f"engine.seed={args.seed}"],
+            base_overrides(args, root) + extra + [f"train.out={out / name}", f"engine.seed={args.seed}"],
         )
         if data is None:
             data = prepare_dataset(cfg.data)
         res_file = out / name / "results.json"
         t0 = time.time()
-        res = json.loads(res_file.read_text()) if res_file.is_file() else run_sequence(cfg, data)
+        res = json.loads(res_file.read_text()) if res_file.is_file() else train_itl(cfg, data)
         wall = sum(res["wall_s_per_phase"])
         acc = res["mean_diag"] if name == "individual" else res["ACC"]
         rows.append(

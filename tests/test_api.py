@@ -207,17 +207,17 @@ def test_mrsi_bad_inputs(mrsi_run: Path) -> None:
 def itl_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from medlearn.itl.config import ITLConfig
     from medlearn.itl.synth import make_benchmark
-    from medlearn.itl.train import run_sequence
+    from medlearn.itl.train import train as train_itl
 
     root = tmp_path_factory.mktemp("api_itl")
     data = make_benchmark(root / "data", seed=0, scale="tiny", sites=["RUNMC", "HK"])
     cfg = load_config(ITLConfig, ROOT / "configs" / "itl" / "tiny.yaml",
-                      [f"data.root={data}", f"out={root / 'run'}", "data.sites=[RUNMC]", "train.steps_per_phase=2",
+                      [f"data.root={data}", f"train.out={root / 'run'}", "data.sites=[RUNMC]", "train.steps_per_phase=2",
                        "train.largest_cc=false"])  # fmt: skip
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        run_sequence(cfg)
+        train_itl(cfg)
     finally:
         torch.set_num_threads(before)
     return root / "run", data
@@ -270,7 +270,7 @@ def mama_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
     root = tmp_path_factory.mktemp("api_mama")
     prepared = write_prepared(root, patients=6)
-    cfg = tiny_config(root, "max_steps=2", "loss.late_loss=1", "val_every=0", f"data.prepared_dir={prepared}")
+    cfg = tiny_config(root, "train.max_steps=2", "loss.late_loss=1", "train.val_every=0", f"data.prepared_dir={prepared}")
     summary = train(cfg, deterministic_datasets(prepared, cfg.model.image.image_size))
     return Path(summary["final"]), root / "synth"
 

@@ -32,16 +32,16 @@ def site_root(tmp_path_factory) -> Path:
 
 def tiny_cfg(root: Path, out: Path, *overrides: str) -> ITLConfig:
     """The tiny preset on ``root`` writing to ``out`` (2 training sites, HK held out, 3 steps/phase)."""
-    base = [f"data.root={root}", f"out={out}", "data.sites=[RUNMC,BMC]", "train.steps_per_phase=3"]
+    base = [f"data.root={root}", f"train.out={out}", "data.sites=[RUNMC,BMC]", "train.steps_per_phase=3"]
     return load_config(ITLConfig, TINY, base + list(overrides))
 
 
 @pytest.fixture(scope="session")
 def finished_run(site_root, tmp_path_factory) -> tuple[Path, dict]:
     """A complete tiny ITL run (its folder and results)."""
-    from medlearn.itl.train import run_sequence
+    from medlearn.itl.train import train as train_itl
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("itl_run")
     cfg = tiny_cfg(site_root, out, f"data.cache_dir={out / 'cache'}")
-    return out, run_sequence(cfg)
+    return out, train_itl(cfg)

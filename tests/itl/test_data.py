@@ -191,8 +191,11 @@ def test_config_validation():
         DataConfig(context=2)
     with pytest.raises(ConfigError, match="also in data.sites"):
         DataConfig(sites=["A", "B"], heldout=["B"])
-    with pytest.raises(ConfigError, match="layout"):
-        DataConfig(layout="bids")
+    from medlearn.config import load_config
+    from medlearn.itl.config import ITLConfig
+
+    with pytest.raises(ConfigError, match=r"data\.layout.*'bids'.*sites.*nnunet"):  # a Literal of the schema
+        load_config(ITLConfig, overrides=["data.layout=bids"])
 
 
 def test_prepare_check_only_reports_bad_case(site_root, tmp_path):

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from medlearn.itl.config import STRATEGIES
 from medlearn.itl.memory import ExemplarMemory, herding
 from medlearn.itl.model import MultiSiteExpert
 from medlearn.itl.strategies import itl_loss, mix_features, site_weights
-from medlearn.itl.train import run_sequence
+from medlearn.itl.train import train as train_itl
 
 from .conftest import tiny_cfg
 
@@ -32,11 +33,11 @@ def test_finished_run_outputs_and_constant_params(finished_run):
 
 def test_resume_after_phase_equals_uninterrupted(site_root, tmp_path):
     common = [f"data.cache_dir={tmp_path / 'cache'}", "data.sites=[RUNMC,BMC,I2CVB]", "train.strategy=itl"]
-    full = run_sequence(tiny_cfg(site_root, tmp_path / "full", *common))
-    part = run_sequence(tiny_cfg(site_root, tmp_path / "part", *common), stop_after_phase=0)
+    full = train_itl(tiny_cfg(site_root, tmp_path / "full", *common))
+    part = train_itl(tiny_cfg(site_root, tmp_path / "part", *common), stop_after_phase=0)
     assert part == {"stopped": True, "phase": 0, "step": 0}
     assert not (tmp_path / "part" / "checkpoints" / "phase_01").exists()
-    resumed = run_sequence(tiny_cfg(site_root, tmp_path / "part", *common))
+    resumed = train_itl(tiny_cfg(site_root, tmp_path / "part", *common))
     assert resumed["R"] == full["R"]
     assert json.dumps(resumed["heldout"]) == json.dumps(full["heldout"])  # NaN-safe comparison
     a = load_file(str(tmp_path / "full" / "checkpoints" / "final" / "model_model.safetensors"))
@@ -57,7 +58,7 @@ def test_every_strategy_runs_two_phases(site_root, tmp_path, strategy):
         "data.heldout=[]",
         "train.selection=herding",
     )
-    res = run_sequence(cfg)
+    res = train_itl(cfg)
     assert np.array(res["R"]).shape == (2, 2) and len(set(res["params_per_phase"])) == 1
 
 
@@ -128,56 +129,71 @@ def test_memory_budget_and_state_roundtrip():
     assert len(sset) == 8 and sites.tolist() == [0] * 4 + [1] * 4
 
 
-def test_resume_mid_phase_from_step_checkpoint(site_root, tmp_path):
-    import shutil
+class StopAfter:
+    """A GracefulStop that behaves as if SIGTERM arrived during optimizer step ``n`` of the run."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.polls, self.signum = n, 0, None
+
+    @property
+    def requested(self) -> bool:
+        self.polls += 1
+        return self.polls >= self.n
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+def test_resume_mid_phase_from_step_checkpoint(site_root, tmp_path, monkeypatch):
+    """A run killed after a periodic (``engine.ckpt_every``) checkpoint resumes from it exactly.
+
+    The kill is simulated by stopping in phase 1 at step 3 and then removing the checkpoint the
+    stop wrote, so that the newest one is the periodic checkpoint of step 2 (LwF: it holds the
+    teacher too).
+    """
+    import medlearn.engine.loop as loop_mod
 
     common = [
         f"data.cache_dir={tmp_path / 'cache'}",
         "train.strategy=lwf",
         "train.steps_per_phase=4",
         "engine.ckpt_every=2",
+        "engine.keep_last=5",
     ]
-    full = run_sequence(tiny_cfg(site_root, tmp_path / "full", *common))
-    ck = tmp_path / "full" / "checkpoints"
-    mid = sorted(p.name for p in ck.glob("step_*"))[-1]  # phase 1, step 2 (LwF: holds the teacher too)
-    assert (ck / mid / "model_teacher.safetensors").is_file()
-    part = tmp_path / "part" / "checkpoints"
-    part.mkdir(parents=True)
-    shutil.copytree(ck / mid, part / mid)
-    (part / "LATEST").write_text(mid)
-    resumed = run_sequence(tiny_cfg(site_root, tmp_path / "part", *common))
-    a = load_file(str(ck / "final" / "model_model.safetensors"))
-    b = load_file(str(part / "final" / "model_model.safetensors"))
+    full = train_itl(tiny_cfg(site_root, tmp_path / "full", *common))
+    stop = StopAfter(7)  # phase 0 has 4 steps: the 7th step is phase 1, step 3
+    monkeypatch.setattr(loop_mod, "GracefulStop", lambda: stop)
+    stopped = train_itl(tiny_cfg(site_root, tmp_path / "part", *common))
+    assert stopped["stopped"] and (stopped["phase"], stopped["step"]) == (1, 3)
+    monkeypatch.undo()
+    phase = tmp_path / "part" / "phases" / "phase_01"
+    assert (phase / "LATEST").read_text() == "step_00000003"
+    shutil.rmtree(phase / "step_00000003")
+    (phase / "LATEST").write_text("step_00000002")  # what a SIGKILL after step 3 leaves behind
+    assert (phase / "step_00000002" / "model_teacher.safetensors").is_file()
+    resumed = train_itl(tiny_cfg(site_root, tmp_path / "part", *common))
+    a = load_file(str(tmp_path / "full" / "checkpoints" / "final" / "model_model.safetensors"))
+    b = load_file(str(tmp_path / "part" / "checkpoints" / "final" / "model_model.safetensors"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
     assert resumed["R"] == full["R"]
+    assert not phase.exists()  # a finished phase leaves only checkpoints/phase_01
 
 
 def test_graceful_stop_mid_phase_then_resume(site_root, tmp_path, monkeypatch):
-    import medlearn.itl.train as train_mod
-    from medlearn.engine import GracefulStop
-
-    class StopAfter(GracefulStop):
-        """Behaves as if SIGTERM arrived during the 6th optimisation step (phase 1, step 2)."""
-
-        polls = 0
-
-        @property
-        def requested(self):
-            StopAfter.polls += 1
-            return StopAfter.polls >= 6
-
-        @requested.setter
-        def requested(self, value):
-            pass
+    import medlearn.engine.loop as loop_mod
 
     common = [f"data.cache_dir={tmp_path / 'cache'}", "train.strategy=replay", "train.steps_per_phase=4"]
-    full = run_sequence(tiny_cfg(site_root, tmp_path / "full", *common))
-    monkeypatch.setattr(train_mod, "GracefulStop", StopAfter)
-    stopped = run_sequence(tiny_cfg(site_root, tmp_path / "part", *common))
-    assert stopped == {"stopped": True, "phase": 1, "step": 2}
-    monkeypatch.setattr(train_mod, "GracefulStop", GracefulStop)
-    resumed = run_sequence(tiny_cfg(site_root, tmp_path / "part", *common))
+    full = train_itl(tiny_cfg(site_root, tmp_path / "full", *common))
+    stop = StopAfter(6)  # SIGTERM during the 6th optimisation step (phase 1, step 2)
+    monkeypatch.setattr(loop_mod, "GracefulStop", lambda: stop)
+    stopped = train_itl(tiny_cfg(site_root, tmp_path / "part", *common))
+    assert stopped == {"stopped": True, "phase": 1, "step": 2, "signal": None}
+    monkeypatch.undo()
+    resumed = train_itl(tiny_cfg(site_root, tmp_path / "part", *common))
     assert resumed["R"] == full["R"]
     a = load_file(str(tmp_path / "full" / "checkpoints" / "final" / "model_model.safetensors"))
     b = load_file(str(tmp_path / "part" / "checkpoints" / "final" / "model_model.safetensors"))

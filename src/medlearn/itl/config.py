@@ -7,16 +7,15 @@ Every switch that encodes one of the spec's ASSUMPTIONs about the ITL method liv
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar, Literal, get_args
 
 from medlearn.engine import EngineConfig
 from medlearn.errors import ConfigError
 
-STRATEGIES = ("individual", "joint", "sequential", "replay", "lwf", "ewc", "itl")
-ARCHS = ("resnet18", "resnet34", "resnet50")
-LAYOUTS = ("sites", "nnunet")
-SOURCE_MODES = ("teacher", "trainable", "none")
-SELECTIONS = ("random", "herding")
-SITE_WEIGHTS = ("uniform", "size")
+StrategyName = Literal["individual", "joint", "sequential", "replay", "lwf", "ewc", "itl"]
+ArchName = Literal["resnet18", "resnet34", "resnet50"]
+STRATEGIES: tuple[str, ...] = get_args(StrategyName)
+ARCHS: tuple[str, ...] = get_args(ArchName)
 
 
 @dataclass
@@ -41,7 +40,7 @@ class DataConfig:
     """
 
     root: str = "data/itl"
-    layout: str = "sites"
+    layout: Literal["sites", "nnunet"] = "sites"
     sites: list[str] = field(default_factory=lambda: ["RUNMC", "BMC", "I2CVB", "UCL", "BIDMC"])
     heldout: list[str] = field(default_factory=lambda: ["HK"])
     cache_dir: str = ""
@@ -57,8 +56,6 @@ class DataConfig:
     augment: bool = True
 
     def __post_init__(self) -> None:
-        if self.layout not in LAYOUTS:
-            raise ConfigError(f"data.layout='{self.layout}' is not one of {', '.join(LAYOUTS)}")
         if self.context not in (1, 3):
             raise ConfigError(f"data.context must be 1 or 3, got {self.context}")
         if not 0 < self.train_frac <= 1 or not 0 <= self.val_frac < 1 or self.train_frac + self.val_frac > 1:
@@ -89,15 +86,13 @@ class ModelConfig:
         num_classes: output classes (2: background, prostate).
     """
 
-    arch: str = "resnet18"
+    arch: ArchName = "resnet18"
     width: int = 64
     pretrained: str = ""
     decoder_channels: list[int] = field(default_factory=lambda: [256, 128, 64, 32, 16])
     num_classes: int = 2
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise ConfigError(f"model.arch='{self.arch}' is not one of {', '.join(ARCHS)}")
         if len(self.decoder_channels) != 5:
             raise ConfigError(f"model.decoder_channels needs 5 entries, got {self.decoder_channels}")
 
@@ -122,76 +117,86 @@ class ITLOptions:
     feature_mix: bool = True
     mix_beta: float = 0.4
     mix_weight: float = 0.5
-    source_mode: str = "teacher"
+    source_mode: Literal["teacher", "trainable", "none"] = "teacher"
     alpha: float = 0.5
     beta: float = 1.0
     temperature: float = 2.0
-    site_weights: str = "uniform"
+    site_weights: Literal["uniform", "size"] = "uniform"
 
     def __post_init__(self) -> None:
-        if self.source_mode not in SOURCE_MODES:
-            raise ConfigError(f"itl.source_mode='{self.source_mode}' is not one of {', '.join(SOURCE_MODES)}")
-        if self.site_weights not in SITE_WEIGHTS:
-            raise ConfigError(
-                f"itl.site_weights='{self.site_weights}' is not one of {', '.join(SITE_WEIGHTS)}"
-            )
         if self.temperature <= 0 or self.mix_beta <= 0:
             raise ConfigError("itl.temperature and itl.mix_beta must be > 0")
 
 
 @dataclass
 class TrainConfig:
-    """The phase loop, the optimiser, and the strategy-specific weights.
+    """The phase loop, the run folder and the strategy-specific weights.
 
     Attributes:
+        out: run folder (config.yaml, env.json, metrics.jsonl, checkpoints/, results.json, summary.json).
         strategy: individual, joint, sequential, replay, lwf, ewc or itl.
         steps_per_phase: optimizer steps in each phase (the same budget for every strategy).
         batch_size: new-site slices per step.
         memory_batch: exemplar slices per step (strategies with a memory).
         memory_per_site: exemplar slices kept per past site.
         selection: exemplar selection, ``random`` or ``herding`` (closest running mean of features).
-        lr, weight_decay: AdamW settings (a fresh optimizer each phase).
-        schedule: ``constant`` or ``cosine`` (per phase).
-        warmup_steps: cosine warm-up steps.
         lwf_weight, lwf_temperature: LwF distillation weight and temperature.
         ewc_lambda: EWC penalty weight; ewc_samples: slices used to estimate the Fisher.
         eval_batch: slices per inference batch.
         largest_cc: keep only the largest connected component of 3D predictions.
+        resume: continue from the run folder's newest checkpoint when there is one.
     """
 
-    strategy: str = "itl"
+    out: str = "runs/itl"
+    strategy: StrategyName = "itl"
     steps_per_phase: int = 200
     batch_size: int = 8
     memory_batch: int = 4
     memory_per_site: int = 32
-    selection: str = "random"
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"
-    warmup_steps: int = 0
+    selection: Literal["random", "herding"] = "random"
     lwf_weight: float = 1.0
     lwf_temperature: float = 2.0
     ewc_lambda: float = 100.0
     ewc_samples: int = 64
     eval_batch: int = 16
     largest_cc: bool = True
+    resume: bool = True
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"train.strategy='{self.strategy}' is not one of {', '.join(STRATEGIES)}")
-        if self.selection not in SELECTIONS:
-            raise ConfigError(f"train.selection='{self.selection}' is not one of {', '.join(SELECTIONS)}")
         if self.steps_per_phase < 1 or self.batch_size < 1:
             raise ConfigError("train.steps_per_phase and train.batch_size must be >= 1")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW, fresh in every phase, with a per-phase schedule.
+
+    Attributes:
+        lr, weight_decay: AdamW settings.
+        schedule: ``constant`` or ``cosine`` (over the phase's steps).
+        warmup_steps: cosine warm-up steps.
+    """
+
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    schedule: Literal["constant", "cosine"] = "cosine"
+    warmup_steps: int = 0
 
 
 @dataclass
 class ITLConfig:
     """The whole ``itl`` configuration (``medlearn itl train --config configs/itl/small.yaml``)."""
 
-    out: str = "runs/itl"
+    RENAMED: ClassVar[dict[str, str]] = {
+        "out": "train.out",
+        "train.lr": "optim.lr",
+        "train.weight_decay": "optim.weight_decay",
+        "train.schedule": "optim.schedule",
+        "train.warmup_steps": "optim.warmup_steps",
+    }
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
     itl: ITLOptions = field(default_factory=ITLOptions)
     engine: EngineConfig = field(default_factory=EngineConfig)
