@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar, Literal
 
 import pytest
 import yaml
@@ -92,3 +93,77 @@ def test_resolved_config_round_trips(tmp_path):
     assert data["steps"] == 3 and data["optim"]["lr"] == 0.25 and data["engine"]["precision"] == "fp32"
     again = load_config(Cfg, path)
     assert again == cfg
+
+
+# ------------------------------------------------------------- YAML words, Literal choices, renames
+@dataclass
+class Choices:
+    RENAMED: ClassVar[dict[str, str]] = {"out": "train.out"}
+    gather: Literal["auto", "on", "off"] = "auto"
+    flag: bool = True
+    train: Optim = field(default_factory=Optim)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+
+@pytest.mark.parametrize("word", ["off", "on"])
+def test_yaml_words_stay_the_choice_the_user_typed(word, tmp_path):
+    assert load_config(Choices, overrides=[f"gather={word}"]).gather == word
+    preset = tmp_path / "p.yaml"
+    preset.write_text(f"gather: {word}\nflag: {'no' if word == 'off' else 'yes'}\n")
+    cfg = load_config(Choices, preset)
+    assert cfg.gather == word and cfg.flag is (word == "on")  # bool fields still read yes/no
+
+
+@pytest.mark.parametrize("spelling", ["no", "false", "fp32"])
+def test_precision_no_and_false_mean_fp32(spelling):
+    assert load_config(Cfg, overrides=[f"engine.precision={spelling}"]).engine.precision == "fp32"
+
+
+def test_literal_rejects_other_values_and_lists_them():
+    with pytest.raises(ConfigError, match=r"gather.*'sometimes'.*auto.*on.*off"):
+        load_config(Choices, overrides=["gather=sometimes"])
+
+
+def test_renamed_key_names_its_new_spelling(tmp_path):
+    with pytest.raises(ConfigError, match=r"'out' was renamed to 'train.out'"):
+        load_config(Choices, overrides=["out=runs/x"])
+    preset = tmp_path / "old.yaml"
+    preset.write_text("out: runs/x\n")
+    with pytest.raises(ConfigError, match=r"old.yaml.*'out' was renamed to 'train.out'"):
+        load_config(Choices, preset)
+    with pytest.raises(ConfigError, match="unknown config key 'RENAMED'"):
+        load_config(Choices, overrides=["RENAMED={}"])
+
+
+def test_numbers_in_exponent_form_are_floats():
+    assert load_config(Cfg, overrides=["optim.lr=1e-4"]).optim.lr == pytest.approx(1e-4)
+
+
+# ------------------------------------------------------------------------------------ presets
+def test_preset_lookup_order(tmp_path, monkeypatch):
+    from medlearn.config import list_presets, packaged_configs_dir, resolve_preset
+
+    packaged = packaged_configs_dir() / "mrsi" / "tiny.yaml"
+    assert packaged.is_file()
+    monkeypatch.delenv("MEDLEARN_CONFIGS", raising=False)
+    monkeypatch.chdir(tmp_path)  # far from the checkout: names and documented paths still resolve
+    assert resolve_preset("mrsi", "tiny") == packaged
+    assert resolve_preset("mrsi", "configs/mrsi/tiny.yaml") == packaged
+    own = tmp_path / "mine.yaml"
+    own.write_text("train: {epochs: 1}\n")
+    assert resolve_preset("mrsi", str(own)) == own  # an explicit path wins
+    user = tmp_path / "cfgs" / "mrsi"
+    user.mkdir(parents=True)
+    (user / "tiny.yaml").write_text("train: {epochs: 2}\n")
+    (user / "extra.yaml").write_text("train: {epochs: 3}\n")
+    monkeypatch.setenv("MEDLEARN_CONFIGS", str(tmp_path / "cfgs"))
+    assert resolve_preset("mrsi", "tiny") == user / "tiny.yaml"  # MEDLEARN_CONFIGS before the package
+    assert resolve_preset("mrsi", "paper") == packaged_configs_dir() / "mrsi" / "paper.yaml"
+    assert {"extra", "tiny", "paper"} <= set(list_presets("mrsi"))
+    with pytest.raises(ConfigError, match=r"unknown mrsi preset 'nope'.*extra.*paper"):
+        resolve_preset("mrsi", "nope")
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_preset("mrsi", str(tmp_path / "missing.yaml"))
+    monkeypatch.setenv("MEDLEARN_CONFIGS", str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match=r"preset folder '.*nowhere' not found.*MEDLEARN_CONFIGS"):
+        resolve_preset("mrsi", "tiny")

@@ -66,10 +66,26 @@ class Run:
     def close(self) -> None:
         self.logger.close()
 
+    def save_snapshot(
+        self, tag: str, step: int, models: Mapping[str, nn.Module], extra: Mapping[str, Any]
+    ) -> Path:
+        """A named checkpoint of ``models`` + ``extra`` under ``<out>/checkpoints/<tag>`` that moves
+        ``LATEST`` (for state between loops, e.g. the end of a continual-learning phase)."""
+        return Checkpointer(self.out / "checkpoints", self.accelerator, keep_last=0).save(
+            step, models, extra=extra, tag=tag
+        )
 
-def prepare_run(
-    cfg: Any, out: str | Path, engine: EngineConfig, find_unused_parameters: bool = False
-) -> Run:
+    def load_snapshot(self, models: Mapping[str, nn.Module]) -> dict[str, Any] | None:
+        """Load the newest ``<out>/checkpoints`` snapshot into ``models``; its ``extra``, or None."""
+        ckpt = Checkpointer(self.out / "checkpoints", self.accelerator, keep_last=0)
+        latest = ckpt.latest()
+        if latest is None:
+            return None
+        log.info("resuming from %s", latest)
+        return ckpt.load(latest, models, restore_rng=False)["extra"]
+
+
+def prepare_run(cfg: Any, out: str | Path, engine: EngineConfig, find_unused_parameters: bool = False) -> Run:
     """Build the accelerator, write ``config.yaml`` + ``env.json`` into ``out`` and open the metric log."""
     accelerator = build_accelerator(engine, find_unused_parameters=find_unused_parameters)
     path = prepare_run_dir(out, cfg, engine.seed, describe_device(accelerator), accelerator.is_main_process)
@@ -198,7 +214,8 @@ class LoopSpec:
         select: validation metric that chooses the best checkpoint (None: no best checkpoint).
         mode: ``min`` or ``max`` for ``select``.
         checkpoint_dir: resumable checkpoints (``LATEST`` + ``step_*`` + ``final``).
-        best_dir: the best checkpoint (tag ``best``; never resumed from).
+        best_dir: the best checkpoint (tag ``best``; never resumed from); when nothing was
+            validated, the last models are written there at the end.
         resume: continue from ``checkpoint_dir``'s newest checkpoint when there is one.
         validate_at_start: log validation metrics before the first step (the start of the curve).
         log_offset: added to the step in the metric log (a phase's steps after earlier phases).
@@ -332,14 +349,18 @@ def fit(run: Run, hooks: TrainHooks, spec: LoopSpec) -> LoopResult:
                         last["lr"] = lr
                     if hooks.samples_per_step:
                         dt = max(time.time() - t_window, 1e-9)
-                        last["samples_per_s"] = hooks.samples_per_step * n_window / engine.grad_accum_steps / dt
+                        last["samples_per_s"] = (
+                            hooks.samples_per_step * n_window / engine.grad_accum_steps / dt
+                        )
                     run.logger.log(step + spec.log_offset, epoch=epoch, **spec.extra_log, **last)
                     bar.update(0, **{k: v for k, v in last.items() if k == "loss"})
                     window, n_window = {}, 0
                 paused = time.time()
                 end_of_epoch = pos >= per_epoch
-                if step == total or (spec.val_every > 0 and step % spec.val_every == 0) or (
-                    spec.val_every == 0 and end_of_epoch
+                if (
+                    step == total
+                    or (spec.val_every > 0 and step % spec.val_every == 0)
+                    or (spec.val_every == 0 and end_of_epoch)
                 ):
                     last.update(validate())
                 if engine.ckpt_every > 0 and step % engine.ckpt_every == 0 and step < total:
@@ -361,6 +382,11 @@ def fit(run: Run, hooks: TrainHooks, spec: LoopSpec) -> LoopResult:
                 if engine.ckpt_every == 0 and step < total:
                     save()  # one resumable checkpoint per epoch when no step cadence is set
     finished = step >= total
+    if finished and best_ckpt is not None and best is None and run.is_main:  # nothing validated: best = last
+        best_ckpt.save(
+            step, hooks.best_models or hooks.models, extra={"epoch": epoch}, tag="best", update_latest=False
+        )
+    acc.wait_for_everyone()
     final = save(tag="final") if finished else None
     if signal_num is not None and stop.signum is not None:
         log.warning("stopped by signal at step %d; rerun the same command to resume", step)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-DEVICES = ("auto", "cpu", "cuda")
+Precision = Literal["fp32", "bf16", "fp16", "no"]
+Device = Literal["auto", "cpu", "cuda"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)[:3]
+DEVICES: tuple[str, ...] = get_args(Device)
 
 
 @dataclass
@@ -14,7 +17,8 @@ class EngineConfig:
 
     Attributes:
         device: ``auto`` (GPU when present), ``cpu`` or ``cuda``.
-        precision: ``fp32``, ``bf16`` or ``fp16`` autocast (fp16 adds a gradient scaler).
+        precision: ``fp32``, ``bf16`` or ``fp16`` autocast (fp16 adds a gradient scaler); ``no``
+            (accelerate's word, also YAML's ``false``) means ``fp32``.
         grad_accum_steps: micro-batches accumulated per optimizer step.
         grad_clip: max global gradient norm; 0 disables clipping.
         seed: seed of every random generator (python, numpy, torch, data order).
@@ -29,8 +33,8 @@ class EngineConfig:
             shared or small CPU machine 1 avoids oversubscription (often many times faster).
     """
 
-    device: str = "auto"
-    precision: str = "fp32"
+    device: Device = "auto"
+    precision: Precision = "fp32"
     grad_accum_steps: int = 1
     grad_clip: float = 0.0
     seed: int = 0
@@ -46,6 +50,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         from medlearn.errors import ConfigError
 
+        if self.precision in ("no", False):
+            self.precision = "fp32"
         if self.precision not in PRECISIONS:
             raise ConfigError(f"engine.precision='{self.precision}' is not one of {', '.join(PRECISIONS)}")
         if self.device not in DEVICES:

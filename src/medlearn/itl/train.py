@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from medlearn.config import to_dict
-from medlearn.engine import Checkpointer, backward_and_step, build_scheduler, seed_everything
+from medlearn.engine import backward_and_step, build_scheduler, seed_everything
 from medlearn.engine.loop import LoopSpec, Run, TrainHooks, fit, prepare_run
 from medlearn.engine.parameters import count_parameters
 from medlearn.itl.config import ITLConfig
@@ -172,18 +172,15 @@ def train(
     model = build_model(cfg.model, cfg.data.context).to(device)
     init_state = copy.deepcopy(model.state_dict())
     n_params = count_parameters(model)
-    ckpt = Checkpointer(out / "checkpoints", acc, keep_last=0)
     memory = ExemplarMemory(cfg.train.memory_per_site, cfg.train.selection)
     ewc = EWCState()
     st = _new_state()
-    latest = ckpt.latest() if cfg.train.resume else None
-    if latest is not None:
-        info = ckpt.load(latest, {"model": model}, restore_rng=False)
-        st.update(info["extra"]["state"])
-        memory.load_state_dict(info["extra"]["memory"])
-        if info["extra"].get("ewc"):
-            ewc.load_state_dict(info["extra"]["ewc"])
-        log.info("resuming after phase %d from %s", st["phase"], latest)
+    extra = run.load_snapshot({"model": model}) if cfg.train.resume else None
+    if extra is not None:
+        st.update(extra["state"])
+        memory.load_state_dict(extra["memory"])
+        if extra.get("ewc"):
+            ewc.load_state_dict(extra["ewc"])
     if st["baseline"] is None:
         base = _eval_sites(model, data, all_sites, cfg, device, surfaces=False)
         st["baseline"] = {s: mean_metric(v, "dice") for s, v in base.items()}
@@ -191,7 +188,7 @@ def train(
     def save(step: int, tag: str) -> None:
         extra = {"state": copy.deepcopy(st), "memory": memory.state_dict(),
                  "ewc": ewc.state_dict() if ewc.fisher else None, "config": to_dict(cfg)}  # fmt: skip
-        ckpt.save(step, {"model": model}, extra=extra, tag=tag)
+        run.save_snapshot(tag, step, {"model": model}, extra)
 
     steps = cfg.train.steps_per_phase
     for k in range(st["phase"] + 1, len(sites)):

@@ -381,12 +381,6 @@ def train(cfg: MRSIConfig) -> dict[str, Any]:
         resume=t.resume, desc="mrsi train",
     )  # fmt: skip
     result = fit(run, hooks, spec)
-    if result.finished and hooks.val_ds is None and run.is_main:
-        from medlearn.engine import Checkpointer
-
-        Checkpointer(run.out / "best", run.accelerator, keep_last=0).save(
-            result.step, hooks.best_models, extra={"epoch": result.epoch}, tag="best", update_latest=False
-        )
     run.close()
     full = t.epochs * len(hooks.data)
     return {
