@@ -1,4 +1,4 @@
-"""DDP on two CPU processes (gloo, launched with torchrun) equals one process on the whole batch.
+"""The shared loop under DDP on two CPU processes (gloo, torchrun) equals one process on the whole batch.
 
 Each rank sees half of every batch (ResumableSampler shards the unshuffled order), DDP averages
 the two half-batch gradients, which equals the full-batch gradient of a mean-reduced loss.  The
@@ -39,7 +39,7 @@ def test_two_gloo_processes_match_single_process(tmp_path, monkeypatch):
     r1 = torch.load(tmp_path / "ddp" / "params_rank1.pt")
     assert r0["world"] == 2 and r1["world"] == 2
     monkeypatch.setenv("MEDLEARN_TOY_DROPOUT", "0")
-    single = toy.train(tmp_path / "single", total_steps=5, batch_size=8, shuffle=False).state_dict()
+    single = toy.run_toy(tmp_path / "single", total_steps=5, batch_size=8, shuffle=False)
     for name, ref in single.items():
         torch.testing.assert_close(r0["state"][name], ref, rtol=0, atol=1e-5, msg=f"rank0 {name}")
         torch.testing.assert_close(r1["state"][name], ref, rtol=0, atol=1e-5, msg=f"rank1 {name}")

@@ -1,24 +1,23 @@
-"""A small training loop built from the engine's blocks, used by the engine tests (and the DDP script)."""
+"""A toy task on the shared loop: the engine tests (resume, DDP) and the plug-in test use it.
+
+The task itself is the ~20 lines from ``ToyConfig`` to ``train``: a config, hooks with one
+``train_step``, and a ``train`` entry point; :data:`TOY_TASK` registers it like the built-in tasks.
+"""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
-from medlearn.engine import (
-    Checkpointer,
-    EngineConfig,
-    MetricLogger,
-    ResumableSampler,
-    backward_and_step,
-    build_accelerator,
-    build_scheduler,
-    seed_everything,
-)
+from medlearn.engine import EngineConfig, backward_and_step, build_scheduler, seed_everything
+from medlearn.engine.loop import LoopSpec, SamplerData, TrainHooks, fit, prepare_run
+from medlearn.tasks import Task
 
 
 class Killed(RuntimeError):
@@ -39,7 +38,65 @@ def make_model() -> nn.Module:
     return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(p), nn.Linear(16, 1))
 
 
-def train(
+# ----------------------------------------------------------------------------- the toy task
+@dataclass
+class ToyTrain:
+    out: str = "runs/toy"
+    max_steps: int = 2
+    batch_size: int = 8
+    shuffle: bool = True
+    kill_at: int = 0  # tests: crash right after the checkpoint of this step
+
+
+@dataclass
+class ToyConfig:
+    train: ToyTrain = field(default_factory=ToyTrain)
+    engine: EngineConfig = field(
+        default_factory=lambda: EngineConfig(device="cpu", seed=7, tensorboard=False)
+    )
+
+
+class ToyHooks(TrainHooks):
+    def __init__(self, cfg: ToyConfig, run) -> None:
+        seed_everything(cfg.engine.seed)
+        model, opt = make_model(), None
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        self.sched = build_scheduler(opt, "cosine", total_steps=cfg.train.max_steps, warmup_steps=2)
+        self.acc, self.kill_at = run.accelerator, cfg.train.kill_at
+        self.model, self.opt = self.acc.prepare(model, opt)
+        self.models, self.optimizers, self.schedulers = (
+            {"model": self.model},
+            {"opt": self.opt},
+            {"sched": self.sched},
+        )
+        t = cfg.train
+        self.data = SamplerData(make_data(), t.batch_size, cfg.engine.seed, self.acc, shuffle=t.shuffle)
+
+    def train_step(self, batch, step: int) -> dict[str, torch.Tensor]:
+        x, y = batch
+        loss = nn.functional.mse_loss(self.model(x).squeeze(1), y)
+        backward_and_step(self.acc, loss, self.opt, self.sched, self.model.parameters(), grad_clip=1.0)
+        return {"loss": loss.detach()}
+
+    def on_checkpoint(self, path: Path) -> None:
+        if self.kill_at and path.name == f"step_{self.kill_at:08d}":
+            raise Killed(f"simulated kill after {path.name}")
+
+
+def train(cfg: ToyConfig) -> dict:
+    run = prepare_run(cfg, cfg.train.out, cfg.engine)
+    result = fit(run, ToyHooks(cfg, run), LoopSpec(run.out / "checkpoints", max_steps=cfg.train.max_steps))
+    run.close()
+    return {"step": result.step, "final": str(result.final)}
+
+
+TOY_TASK = Task(
+    name="toy", help="a linear regression on the shared loop (tests)", schema=ToyConfig, train=train
+)
+
+
+# ------------------------------------------------------------------ helpers of the engine tests
+def run_toy(
     out: Path,
     total_steps: int,
     ckpt_every: int = 0,
@@ -48,50 +105,14 @@ def train(
     batch_size: int = 8,
     shuffle: bool = True,
     grad_accum_steps: int = 1,
-) -> nn.Module:
-    """Train ``total_steps`` optimizer steps; optionally crash after the checkpoint at ``kill_at``."""
-    cfg = EngineConfig(
-        device="cpu", seed=7, ckpt_every=ckpt_every, grad_accum_steps=grad_accum_steps, tensorboard=False
-    )
-    acc = build_accelerator(cfg)
-    seed_everything(cfg.seed)
-    model = make_model()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    sched = build_scheduler(opt, "cosine", total_steps=total_steps, warmup_steps=2)
-    data = make_data()
-    sampler = ResumableSampler(
-        len(data),
-        seed=cfg.seed,
-        shuffle=shuffle,
-        rank=acc.process_index,
-        world_size=acc.num_processes,
-        drop_last=True,
-    )
-    loader = DataLoader(data, batch_size=batch_size, sampler=sampler)
-    model, opt = acc.prepare(model, opt)
-    ckpt = Checkpointer(out / "checkpoints", acc, keep_last=2)
-    logger = MetricLogger(out, enabled=acc.is_main_process, tensorboard=False)
-    micro = 0  # micro-batches consumed
-    if resume and ckpt.latest() is not None:
-        micro = ckpt.load(ckpt.latest(), {"model": model}, {"opt": opt}, {"sched": sched})["extra"]["micro"]
-    per_epoch = len(loader)
-    step = micro // grad_accum_steps
-    while step < total_steps:
-        epoch, start = divmod(micro, per_epoch)
-        sampler.set_epoch(epoch, start * batch_size)
-        for x, y in loader:
-            with acc.accumulate(model):
-                loss = nn.functional.mse_loss(model(x).squeeze(1), y)
-                stepped = backward_and_step(acc, loss, opt, sched, model.parameters(), grad_clip=1.0)
-            micro += 1
-            if stepped:
-                step += 1
-                logger.log(step, loss=loss.detach(), lr=sched.get_last_lr()[0])
-                if ckpt_every and step % ckpt_every == 0:
-                    ckpt.save(step, {"model": model}, {"opt": opt}, {"sched": sched}, extra={"micro": micro})
-                    if kill_at is not None and step == kill_at:
-                        raise Killed(f"simulated kill after step {step}")
-            if step >= total_steps:
-                break
-    ckpt.save(step, {"model": model}, {"opt": opt}, {"sched": sched}, extra={"micro": micro}, tag="final")
-    return acc.unwrap_model(model)
+) -> dict[str, torch.Tensor]:
+    """Train the toy task through the shared loop; the final weights (read back from the checkpoint)."""
+    engine = EngineConfig(
+        device="cpu", seed=7, ckpt_every=ckpt_every, grad_accum_steps=grad_accum_steps, tensorboard=False,
+        progress=False, keep_last=2,
+    )  # fmt: skip
+    cfg = ToyConfig(ToyTrain(str(out), total_steps, batch_size, shuffle, kill_at or 0), engine)
+    if not resume and (out / "checkpoints").exists():
+        raise RuntimeError(f"{out} already holds checkpoints")
+    summary = train(cfg)
+    return load_file(Path(summary["final"]) / "model_model.safetensors")
