@@ -1,4 +1,17 @@
-"""Learning-rate schedules as ``LambdaLR`` factories (stepped once per optimizer step)."""
+"""Learning-rate schedules as ``LambdaLR`` factories (stepped once per optimizer step).
+
+The multipliers are written here because the library schedules give other numbers:
+
+* ``transformers.get_cosine_schedule_with_warmup`` (and ``..._with_min_lr_...``) warms up with
+  ``step / warmup`` (learning rate 0 on the first step; ours ``(step + 1) / warmup``), and past
+  ``total_steps`` its cosine rises again, where ours stays at ``min_ratio``.
+* ``torch.optim.lr_scheduler.SequentialLR(LinearLR, CosineAnnealingLR)`` updates the rate
+  recursively; on a 4-step warm-up and 16 cosine steps it is up to 3% of the base rate off the
+  closed form.
+* ``StepLR`` multiplies by ``gamma`` at each boundary instead of computing ``gamma ** k``: equal for
+  ``gamma = 0.5`` but off by rounding for e.g. 0.1, and its state is not a ``LambdaLR`` state, so
+  checkpoints written with these schedules would not resume.
+"""
 
 from __future__ import annotations
 
