@@ -10,7 +10,7 @@ The multipliers are written here because the library schedules give other number
   closed form.
 * ``StepLR`` multiplies by ``gamma`` at each boundary instead of computing ``gamma ** k``: equal for
   ``gamma = 0.5`` but off by rounding for e.g. 0.1, and its state is not a ``LambdaLR`` state, so
-  checkpoints written with these schedules would not resume.
+  checkpoints written before a switch would not resume.
 """
 
 from __future__ import annotations
