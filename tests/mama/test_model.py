@@ -38,7 +38,7 @@ def test_trainable_parameters_are_lora_image_and_heads(tiny):
     h = cfg.model.heads
     proj = (32 + 1) * h.embed_dim * 2
     local = 2 * ((32 + 1) * h.local_hidden + 2 * h.local_hidden + (h.local_hidden + 1) * h.local_dim)
-    ii = (32 + 1) * 32 + 2 * 32 + (32 + 1) * h.ii_dim + 2 * h.ii_dim
+    ii = 32 * 32 + 2 * 32 + 32 * h.ii_dim + 2 * h.ii_dim  # no Linear biases (each is followed by a BN)
     assert counts["heads"] == proj + local + ii + 2  # + two logit scales
     assert counts["other"] == 0
     base = [n for n, p in model.text.named_parameters() if p.requires_grad and "lora_" not in n]
@@ -82,6 +82,17 @@ def test_forward_outputs_and_initial_temperature(tiny):
     assert set(early) == {"img", "txt", "scale"}
 
 
+def test_logit_scale_clamp_and_the_reference_without_it():
+    cfg = load_config(MamaConfig, TINY)
+    clamped = MamaModel(cfg.model, cfg.loss)  # loss.max_logit_scale: 100 (CLIP)
+    free = MamaModel(cfg.model, load_config(MamaConfig, TINY, ["loss.max_logit_scale=0"]).loss)  # reference
+    for m in (clamped, free):
+        with torch.no_grad():
+            m.heads.logit_scale.fill_(5.0)  # exp(5) = 148.4 > 100
+    assert clamped._scale(clamped.heads.logit_scale).item() == pytest.approx(100.0)
+    assert free._scale(free.heads.logit_scale).item() == pytest.approx(math.exp(5.0))
+
+
 @pytest.mark.parametrize(
     "override,match",
     [
@@ -90,6 +101,9 @@ def test_forward_outputs_and_initial_temperature(tiny):
         ("data.batch_size=1", "batch_size"),
         ("loss.sla_chunk=0", "sla_chunk"),
         ("model.text.kind=decoder", "kind"),
+        ("model.heads.ii_batchnorm=global", "ii_batchnorm"),
+        ("model.heads.sentence_batchnorm=none", "sentence_batchnorm"),
+        ("model.image.patch_tokens=cls", "patch_tokens"),
         ("loss.typo=1", "typo"),
         ("engine.compile=true", "compile"),
         ("loss.clip=false", "late_loss"),

@@ -18,8 +18,15 @@ BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_at
 REPORTS = ["Procedure reported: screening. Breast composition: dense; Findings: none.", "Reason: screening."]
 
 
-def test_image_tower_pools_all_tokens_before_final_norm():
-    tower = ImageTower(ImageTowerConfig(name="random", image_size=32, arch=IMAGE_ARCH)).eval()
+@pytest.mark.parametrize("patch_tokens", ["post_norm", "pre_norm"])
+def test_image_tower_pools_all_tokens_before_final_norm(patch_tokens):
+    cfg = ImageTowerConfig(name="random", image_size=32, arch=IMAGE_ARCH, patch_tokens=patch_tokens)
+    tower = ImageTower(cfg).eval()
+    norm = tower.backbone.layernorm
+    with torch.no_grad():  # a non-trivial final LayerNorm (random init is weight 1, bias 0)
+        g = torch.Generator().manual_seed(1)
+        norm.weight.copy_(torch.rand(32, generator=g) + 0.5)
+        norm.bias.copy_(torch.randn(32, generator=g))
     captured = {}
     last_block = tower.backbone.encoder.layer[-1]
     hook = last_block.register_forward_hook(
@@ -32,7 +39,14 @@ def test_image_tower_pools_all_tokens_before_final_norm():
     tokens = captured["out"]  # (B, 1 + 4 + 16, D) output of the last block, no final norm
     assert tokens.shape == (2, 21, 32)
     torch.testing.assert_close(feats.pooled, tokens.mean(dim=1))
-    torch.testing.assert_close(feats.patches, tokens[:, 5:])
+    if patch_tokens == "post_norm":  # the reference's x_norm_patchtokens: the final LayerNorm, by hand
+        t = tokens[:, 5:].double()
+        mu, var = t.mean(-1, keepdim=True), t.var(-1, unbiased=False, keepdim=True)
+        expected = (t - mu) / torch.sqrt(var + tower.backbone.config.layer_norm_eps)
+        expected = (expected * norm.weight.double() + norm.bias.double()).float()
+        torch.testing.assert_close(feats.patches, expected, atol=1e-5, rtol=1e-5)
+    else:
+        torch.testing.assert_close(feats.patches, tokens[:, 5:])
     assert feats.patches.shape == (2, 16, 32)
     assert (
         not tower.backbone.layernorm.weight.requires_grad and not tower.backbone.layernorm.bias.requires_grad
@@ -123,6 +137,54 @@ def test_pretrained_minilm_text_tower_loads_offline():
         pooled = tower(**enc).pooled
     # pre-trained weights: the two related reports are close (random weights would not be this close)
     assert torch.nn.functional.cosine_similarity(pooled[0], pooled[1], dim=0) > 0.5
+
+
+def _byte_level_tokenizer():
+    """A GPT-2-style byte-level BPE tokenizer without merges: one token per byte, spaces as 'Ġ'."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab["<|endoftext|>"] = len(vocab)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+
+
+def test_byte_level_report_tokens_match_the_reference_layout():
+    """Separators right after the word (no lone 'Ġ' before them), report wrapped in start/end tokens."""
+    from medlearn.mama.modeling.text_tower import ReportTokenizer
+
+    tok = _byte_level_tokenizer()
+    rt = ReportTokenizer(tok, "causal", 32, "<|sep|>", bos_token="<|startoftext|>", eos_token="<|endoftext|>")
+    enc = rt(["Age: 61. BI-RADS 2; ok.", "No."])
+    got = [tok.convert_ids_to_tokens(ids.tolist()) for ids in enc["input_ids"]]
+    s, e, sep, p = "<|startoftext|>", "<|endoftext|>", "<|sep|>", "<|pad|>"
+    assert got[0] == [s, "A", "g", "e", ":", "Ġ", "6", "1", sep, "Ġ", "B", "I", "-", "R", "A", "D", "S", "Ġ", "2",
+                      sep, "Ġ", "o", "k", sep, e]  # fmt: skip
+    assert got[1] == [s, "N", "o", sep, e] + [p] * 20
+    assert enc["attention_mask"][1].tolist() == [1] * 5 + [0] * 20
+    none = ReportTokenizer(_byte_level_tokenizer(), "causal", 32, "<|sep|>")  # bos_token="" eos_token=""
+    assert none.tok.convert_ids_to_tokens(none(["No."])["input_ids"][0].tolist()) == ["N", "o", sep]
+
+
+def test_text_tower_wraps_reports_and_pads_to_max_length_for_all_tokens():
+    cfg = TextTowerConfig(name="random", arch=GPT2, max_length=24, lora_r=0, gradient_checkpointing=False)
+    tower = TextTower(cfg).eval()
+    enc = tower.tokenizer(["Findings: benign. Overall; ok."])
+    tokens = tower.tokenizer.tok.convert_ids_to_tokens(enc["input_ids"][0].tolist())
+    # MiniLM's word-piece tokenizer (tiny towers) adds its own [CLS] ... [SEP] around ours
+    assert tokens == ["[CLS]", "<|startoftext|>", "findings", ":", "benign", "<|sep|>", "overall", "<|sep|>",
+                      "ok", "<|sep|>", "<|endoftext|>", "[SEP]"]  # fmt: skip
+    assert enc["input_ids"].shape == (1, 12)  # masked_mean: padded to the longest report
+    ref = TextTower(TextTowerConfig(**{**cfg.__dict__, "pooling": "all_tokens"})).eval()
+    enc = ref.tokenizer(["Findings: benign.", "No."])
+    assert enc["input_ids"].shape == (2, 24)  # all_tokens: always max_length, as the reference's 144
+    with torch.no_grad():
+        hidden = ref.lm(**enc).last_hidden_state
+        pooled = ref(enc["input_ids"], enc["attention_mask"]).pooled
+    torch.testing.assert_close(pooled, hidden.sum(dim=1) / 24)
 
 
 def test_encoder_tokenizer_without_separator_is_refused():

@@ -29,6 +29,8 @@ class ImageTowerConfig:
         gradient_checkpointing: recompute block activations in the backward (non-reentrant).
         checkpoint_every_n_layers: checkpoint only every n-th block (1 = all, the reference).
         attn_implementation: ``sdpa`` (fused attention; the reference used ``eager``).
+        patch_tokens: SLA patch features ``post_norm`` (after the final LayerNorm, the reference's
+            ``x_norm_patchtokens``) or ``pre_norm`` (the last block's output, like the pooled feature).
     """
 
     name: str = "random"
@@ -38,6 +40,7 @@ class ImageTowerConfig:
     gradient_checkpointing: bool = True
     checkpoint_every_n_layers: int = 1
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    patch_tokens: Literal["post_norm", "pre_norm"] = "post_norm"
 
 
 @dataclass
@@ -52,9 +55,14 @@ class TextTowerConfig:
         tokenizer: tokenizer name/dir; empty = the model's own (for ``random``: MiniLM's tokenizer).
         kind: ``auto`` (causal for decoder architectures, else encoder), ``causal`` or ``encoder``.
         max_length: tokens per report (144 in the paper).
-        separator: special token added for causal models; encoders use their own ``[SEP]``.
+        separator: special token added for causal models; encoders use their own ``[SEP]``. Every
+            "." and ";" of a report becomes this token, without a space before it (reference).
+        bos_token, eos_token: special tokens put before and after each report of a causal model
+            (added to the vocabulary when missing); the reference's BioMedLM set-up is
+            ``<|startoftext|>`` ... ``<|endoftext|>``; "" = none. Encoders use their own CLS/SEP.
         pooling: ``masked_mean`` (default, ignores padding) or ``all_tokens`` (reference: mean over
-            every position including padding).
+            all ``max_length`` positions, padding included: reports are then padded to
+            ``max_length``, not to the longest report of the batch).
         lora_r, lora_alpha, lora_dropout: LoRA hyper-parameters (paper: 8, 32, 0.1); ``lora_r: 0``
             trains nothing in the text tower.
         lora_target_modules: module names to adapt; empty = per architecture (GPT-2 ``c_attn``,
@@ -70,6 +78,8 @@ class TextTowerConfig:
     kind: Literal["auto", "causal", "encoder"] = "auto"
     max_length: int = 144
     separator: str = "<|sep|>"
+    bos_token: str = "<|startoftext|>"
+    eos_token: str = "<|endoftext|>"
     pooling: Literal["masked_mean", "all_tokens"] = "masked_mean"
     lora_r: int = 8
     lora_alpha: int = 32
@@ -88,13 +98,21 @@ class HeadsConfig:
         embed_dim: global embedding size (512).
         local_hidden: hidden width of the per-token SLA heads (2048).
         local_dim: output size of the SLA heads (512).
-        ii_dim: output size of the image-image (SimCLR) head (512); its hidden width = image width.
+        ii_dim: output size of the image-image (SimCLR) head (512); its hidden width = image width;
+            its Linear layers have no bias (each is followed by a BatchNorm), as the reference.
+        ii_batchnorm: statistics of the image-image head's BatchNorms: ``per_view`` (the head is
+            applied to the B anchors and to the B extra images separately, the reference) or
+            ``joint`` (one batch of 2B).
+        sentence_batchnorm: statistics of the sentence SLA head's BatchNorms: ``per_report`` (over
+            each report's own sentences, the reference) or ``batch`` (over every sentence of the batch).
     """
 
     embed_dim: int = 512
     local_hidden: int = 2048
     local_dim: int = 512
     ii_dim: int = 512
+    ii_batchnorm: Literal["per_view", "joint"] = "per_view"
+    sentence_batchnorm: Literal["per_report", "batch"] = "per_report"
 
 
 @dataclass
@@ -114,7 +132,7 @@ class LossConfig:
         late_loss: optimizer step from which nt_xent, clip_extra and SLA are added; the local heads
             and the local temperature are frozen (``requires_grad=False``) before it (paper 8000).
         init_temperature: initial temperature of both learnable logit scales (0.07).
-        max_logit_scale: clamp of exp(scale) (100 as in CLIP); 0 = no clamp.
+        max_logit_scale: clamp of exp(scale) (100 as in CLIP); 0 = no clamp (the reference).
         nt_xent_temperature: fixed SimCLR temperature (0.5).
         gather: ``auto`` (gather with gradient across processes when there is more than one),
             ``on`` or ``off`` (reference: each GPU uses only its own batch as negatives).

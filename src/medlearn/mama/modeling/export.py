@@ -89,7 +89,14 @@ def export(
         "image_size": cfg.model.image.image_size,
         "image_normalize": {"mean": 0.5, "std": 0.5},
         "text_kind": text.kind,
+        "patch_feature": (
+            "patch tokens of last_hidden_state (after the final LayerNorm)"
+            if cfg.model.image.patch_tokens == "post_norm"
+            else "patch tokens of hidden_states[-1] (before the final LayerNorm)"
+        ),
         "text_separator": text.tokenizer.separator,
+        "text_bos": text.tokenizer.bos,
+        "text_eos": text.tokenizer.eos,
         "text_pooling": cfg.model.text.pooling,
         "text_max_length": cfg.model.text.max_length,
         "lora_merged": bool(merge and cfg.model.text.lora_r > 0),

@@ -5,8 +5,12 @@
   -> local_dim, BatchNorm without affine.  The reference writes them as ``Conv1d(kernel_size=1)``
   over the token axis, which is the same map as the ``Linear`` layers used here; we apply them to
   the valid (non-padding) tokens only so that padded sentence slots do not enter the BatchNorm
-  statistics;
-* image-image (SimCLR) head: Linear(D -> D), BatchNorm, ReLU, Linear(D -> ii_dim), BatchNorm;
+  statistics.  Patch BatchNorms take their statistics over all B x P patches; sentence
+  BatchNorms over each report's own sentences (``sentence_batchnorm: per_report``, the reference,
+  which calls the head once per report) or over all sentences of the batch (``batch``);
+* image-image (SimCLR) head: Linear(D -> D, no bias), BatchNorm, ReLU, Linear(D -> ii_dim, no
+  bias), BatchNorm, applied to the anchors and to the extra images separately
+  (``ii_batchnorm: per_view``, the reference) or to both views as one batch (``joint``);
 * two learnable logit scales (global and local), both initialised to ln(1 / init_temperature).
 """
 
@@ -18,6 +22,60 @@ import torch
 from torch import Tensor, nn
 
 from medlearn.mama.config import HeadsConfig
+
+
+def row_batch_norm(x: Tensor, mask: Tensor, bn: nn.BatchNorm1d) -> Tensor:
+    """BatchNorm of ``bn`` with statistics over each row's valid tokens instead of the whole batch.
+
+    Training (or no running statistics): row b is normalised with the mean and biased variance of
+    its valid tokens, exactly as ``bn`` called on that row alone; a row with one valid token
+    normalises to 0. The running statistics are updated once per row with >= 2 tokens, in row
+    order, as successive calls of ``bn`` would. Evaluation: the running statistics. Computed in
+    float32, returned in ``x``'s dtype.
+
+    Args:
+        x: (B, S, C) tokens.
+        mask: (B, S) bool, True at valid tokens.
+        bn: the BatchNorm1d(C) whose parameters, eps, momentum and buffers are used.
+    Returns:
+        (B, S, C), zero at invalid tokens.
+    """
+    m = mask.unsqueeze(-1).float()
+    xf = x.float()
+    use_batch = bn.training or not bn.track_running_stats
+    if use_batch:
+        n = m.sum(dim=1)  # (B, 1)
+        mean = (xf * m).sum(dim=1) / n.clamp_min(1)
+        var = ((xf - mean[:, None]) ** 2 * m).sum(dim=1) / n.clamp_min(1)
+        if bn.training and bn.track_running_stats:
+            _update_running_stats(bn, mean.detach(), var.detach(), n.squeeze(1))
+    else:
+        mean, var = bn.running_mean[None].float(), bn.running_var[None].float()
+    y = (xf - mean[:, None]) * torch.rsqrt(var[:, None] + bn.eps)
+    if bn.affine:
+        y = y * bn.weight.float() + bn.bias.float()
+    return (y * m).to(x.dtype)
+
+
+@torch.no_grad()
+def _update_running_stats(bn: nn.BatchNorm1d, mean: Tensor, var: Tensor, n: Tensor) -> None:
+    """Successive running-statistics updates of ``bn``, one per row with n >= 2 (unbiased variance)."""
+    keep = n >= 2
+    k = int(keep.sum())
+    if k == 0:
+        return
+    mean, var, n = mean[keep], var[keep], n[keep]
+    unbiased = var * (n / (n - 1))[:, None]
+    if bn.momentum is None:  # cumulative average over all calls so far
+        t0 = float(bn.num_batches_tracked)
+        w_old, w = t0 / (t0 + k), torch.full((k,), 1.0 / (t0 + k), device=mean.device)
+    else:  # r <- (1 - m) r + m s, k times: weight of row i is m (1 - m)^(k - 1 - i)
+        mom = float(bn.momentum)
+        w_old = (1 - mom) ** k
+        w = mom * (1 - mom) ** torch.arange(k - 1, -1, -1, device=mean.device, dtype=torch.float32)
+    bn.running_mean.mul_(w_old).add_((w[:, None] * mean).sum(0).to(bn.running_mean.dtype))
+    bn.running_var.mul_(w_old).add_((w[:, None] * unbiased).sum(0).to(bn.running_var.dtype))
+    bn.num_batches_tracked.add_(k)
 
 
 class TokenHead(nn.Module):
@@ -40,9 +98,18 @@ class TokenHead(nn.Module):
         )
         self.out_dim = out_dim
 
-    def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
-        """(B, L, d) tokens and optional (B, L) bool mask -> (B, L, out_dim), zero at masked slots."""
+    def forward(self, tokens: Tensor, mask: Tensor | None = None, per_row: bool = False) -> Tensor:
+        """(B, L, d) tokens and optional (B, L) bool mask -> (B, L, out_dim), zero at masked slots.
+
+        ``per_row``: BatchNorm statistics over each row's valid tokens (:func:`row_batch_norm`),
+        else over all valid tokens of the batch.
+        """
         b, n, d = tokens.shape
+        if per_row:
+            lin1, bn1, act, lin2, bn2 = self.net
+            valid = torch.ones(b, n, dtype=torch.bool, device=tokens.device) if mask is None else mask
+            h = act(row_batch_norm(lin1(tokens), valid, bn1))
+            return row_batch_norm(lin2(h), valid, bn2)
         if mask is None:
             return self.net(tokens.reshape(b * n, d)).reshape(b, n, self.out_dim)
         flat = self.net(tokens[mask])
@@ -51,15 +118,18 @@ class TokenHead(nn.Module):
 
 
 class ImageImageHead(nn.Module):
-    """SimCLR-style projection: Linear(D, D), BN, ReLU, Linear(D, out_dim), BN. (B, D) -> (B, out_dim)."""
+    """SimCLR-style projection: Linear(D, D), BN, ReLU, Linear(D, out_dim), BN. (B, D) -> (B, out_dim).
+
+    The Linear layers have no bias: the BatchNorm after each removes it anyway (reference).
+    """
 
     def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(in_dim, in_dim),
+            nn.Linear(in_dim, in_dim, bias=False),
             nn.BatchNorm1d(in_dim),
             nn.ReLU(inplace=True),
-            nn.Linear(in_dim, out_dim),
+            nn.Linear(in_dim, out_dim, bias=False),
             nn.BatchNorm1d(out_dim),
         )
 
@@ -86,9 +156,22 @@ class MamaHeads(nn.Module):
         self.img_local = TokenHead(image_dim, cfg.local_hidden, cfg.local_dim)
         self.txt_local = TokenHead(text_dim, cfg.local_hidden, cfg.local_dim)
         self.ii_head = ImageImageHead(image_dim, cfg.ii_dim)
+        self.ii_per_view = cfg.ii_batchnorm == "per_view"
+        self.sentence_per_report = cfg.sentence_batchnorm == "per_report"
         init = math.log(1.0 / init_temperature)
         self.logit_scale = nn.Parameter(torch.tensor(init))
         self.local_logit_scale = nn.Parameter(torch.tensor(init))
+
+    def image_image(self, anchors: Tensor, extras: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, D) anchor and (B, D) extra-image features -> two (B, ii_dim) projections."""
+        if self.ii_per_view:
+            return self.ii_head(anchors), self.ii_head(extras)
+        both = self.ii_head(torch.cat([anchors, extras]))
+        return both[: anchors.shape[0]], both[anchors.shape[0] :]
+
+    def sentence_local(self, sentences: Tensor, mask: Tensor) -> Tensor:
+        """(B, S, D) sentence states and (B, S) mask -> (B, S, local_dim), zero at absent sentences."""
+        return self.txt_local(sentences, mask, per_row=self.sentence_per_report)
 
     def local_parameters(self) -> list[nn.Parameter]:
         """Parameters frozen before ``late_loss``: the two SLA heads and the local logit scale."""

@@ -3,8 +3,10 @@
 The global image feature follows the MaMA recipe: the mean over ALL tokens (CLS, registers and
 patches) of the last block's output *before* the final LayerNorm.  We read that tensor from
 ``output_hidden_states`` (its last entry is the last block's output; transformers applies the final
-LayerNorm only to ``last_hidden_state``), so the final LayerNorm is unused and frozen.  The patch
-tokens (without CLS and registers) feed the symmetric local alignment.
+LayerNorm only to ``last_hidden_state``).  The patch tokens (without CLS and registers) feed the
+symmetric local alignment; as in the reference (``x_norm_patchtokens``) they are taken *after* the
+final LayerNorm (``patch_tokens: post_norm``; ``pre_norm`` takes them from the pooled tensor).  The
+final LayerNorm's parameters are frozen either way, as in the reference.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ class ImageFeatures:
 
     Attributes:
         pooled: (B, D) mean of all tokens before the final LayerNorm.
-        patches: (B, P, D) patch tokens (no CLS, no registers) before the final LayerNorm.
+        patches: (B, P, D) patch tokens (no CLS, no registers), after the final LayerNorm
+            (``patch_tokens: post_norm``) or before it (``pre_norm``).
     """
 
     pooled: Tensor
@@ -91,7 +94,8 @@ class ImageTower(nn.Module):
         hf = self.backbone.config
         self.width = int(hf.hidden_size)
         self.num_prefix = 1 + int(getattr(hf, "num_register_tokens", 0))
-        # unused by the feature path: the final LayerNorm (MaMA freezes it) and the masked-image token
+        self.post_norm_patches = cfg.patch_tokens == "post_norm"
+        # frozen: the final LayerNorm (MaMA freezes it) and the masked-image token (unused)
         for name, p in self.backbone.named_parameters():
             if name.startswith("layernorm.") or name.endswith("mask_token"):
                 p.requires_grad_(False)
@@ -104,4 +108,5 @@ class ImageTower(nn.Module):
             raise ValueError(f"ImageTower expects (B, 3, H, W) images, got {tuple(images.shape)}")
         out = self.backbone(pixel_values=images, output_hidden_states=True)
         tokens = out.hidden_states[-1]  # last block output, before the final LayerNorm
-        return ImageFeatures(pooled=tokens.mean(dim=1), patches=tokens[:, self.num_prefix :])
+        local = out.last_hidden_state if self.post_norm_patches else tokens
+        return ImageFeatures(pooled=tokens.mean(dim=1), patches=local[:, self.num_prefix :])

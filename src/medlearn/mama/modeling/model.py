@@ -88,9 +88,9 @@ class MamaModel(nn.Module):
             return out
         if both:
             out["img_extra"] = F.normalize(self.heads.img_proj(feats.pooled[b:]), dim=-1)
-            out["ii1"], out["ii2"] = self.heads.ii_head(feats.pooled).split(b)
+            out["ii1"], out["ii2"] = self.heads.image_image(feats.pooled[:b], feats.pooled[b:])
         out["patches"] = F.normalize(self.heads.img_local(feats.patches[:b]), dim=-1)
-        sents = self.heads.txt_local(txt.sentences, txt.sentence_mask)
+        sents = self.heads.sentence_local(txt.sentences, txt.sentence_mask)
         out["sentences"] = F.normalize(sents, dim=-1) * txt.sentence_mask.unsqueeze(-1)
         out["sentence_mask"] = txt.sentence_mask
         out["local_scale"] = self._scale(self.heads.local_logit_scale)

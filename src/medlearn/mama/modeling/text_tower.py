@@ -1,10 +1,13 @@
 """Text tower: a frozen Hugging Face language model (causal or encoder) with LoRA adapters (peft).
 
-Reports are split into sentences by a separator token: every "." and ";" is replaced by it.
+Reports are split into sentences by a separator token: every "." and ";" is replaced by it, with
+no space before it (a space would be a token of its own for byte-level BPE tokenizers).
 Causal models (GPT-2 family such as BioMedLM, Llama family) get an added special separator
-token; encoders (BERT family) use their own ``[SEP]``.  The global text feature is the mean of the
-last hidden states (masked over padding by default; ``pooling: all_tokens`` is the reference's
-unmasked mean), the sentence features are the hidden states at the separator positions.
+token, and each report is wrapped in ``bos_token`` ... ``eos_token`` (the reference's
+``<|startoftext|>`` ... ``<|endoftext|>``); encoders (BERT family) use their own ``[SEP]`` and
+``[CLS]``.  The global text feature is the mean of the last hidden states (masked over padding by
+default; ``pooling: all_tokens`` is the reference's unmasked mean over ``max_length`` positions),
+the sentence features are the hidden states at the separator positions.
 
 Gradient checkpointing is non-reentrant and the input embeddings are marked to require gradients,
 so LoRA adapters inside checkpointed layers do receive gradients although the base is frozen (the
@@ -93,17 +96,30 @@ class ReportTokenizer:
     """Turns report strings into token ids with one separator token per sentence.
 
     Args:
-        tokenizer: a transformers tokenizer (modified in place for causal models: separator and,
-            when missing, padding tokens are added).
+        tokenizer: a transformers tokenizer (modified in place for causal models: separator, wrap
+            tokens and, when missing, padding tokens are added).
         kind: ``causal`` or ``encoder``.
         max_length: tokens per report (longer reports are truncated).
         separator: the added separator token for causal models.
+        bos_token, eos_token: put before / after each report of a causal model ("" = none).
+        pad_to_max_length: pad every batch to ``max_length`` (else to its longest report).
     """
 
-    def __init__(self, tokenizer: Any, kind: str, max_length: int, separator: str = "<|sep|>") -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        kind: str,
+        max_length: int,
+        separator: str = "<|sep|>",
+        bos_token: str = "",
+        eos_token: str = "",
+        pad_to_max_length: bool = False,
+    ) -> None:
         self.tok = tokenizer
         self.kind = kind
         self.max_length = max_length
+        self.padding = "max_length" if pad_to_max_length else True
+        self.bos = self.eos = ""
         if kind == "encoder":
             if tokenizer.sep_token is None:
                 raise ConfigError(
@@ -112,7 +128,11 @@ class ReportTokenizer:
             self.separator = tokenizer.sep_token
         else:
             self.separator = separator
+            self.bos, self.eos = bos_token, eos_token
             tokenizer.add_special_tokens({"additional_special_tokens": [separator]})
+            wrap = [t for t in (bos_token, eos_token) if t and t not in tokenizer.get_vocab()]
+            if wrap:
+                tokenizer.add_tokens(wrap, special_tokens=True)
             if tokenizer.pad_token is None:
                 tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
         self.sep_id = int(tokenizer.convert_tokens_to_ids(self.separator))
@@ -122,16 +142,21 @@ class ReportTokenizer:
         return len(self.tok)
 
     def mark_sentences(self, report: str) -> str:
-        """Replace every "." and ";" by the separator (encoders: the tokenizer adds the last one)."""
-        text = report.replace(".", f" {self.separator}").replace(";", f" {self.separator}").strip()
-        if self.kind == "encoder" and text.endswith(self.separator):
-            text = text[: -len(self.separator)].rstrip()
-        return text
+        """Every "." and ";" -> the separator, no space before it; causal: wrapped in bos ... eos.
+
+        Encoders: the last separator is left to the tokenizer, which appends its own ``[SEP]``.
+        """
+        text = report.strip().replace(".", self.separator).replace(";", self.separator)
+        if self.kind == "encoder":
+            return text[: -len(self.separator)].rstrip() if text.endswith(self.separator) else text
+        return f"{self.bos}{text}{self.eos}"
 
     def __call__(self, reports: list[str]) -> dict[str, Tensor]:
-        """Reports -> ``input_ids`` and ``attention_mask`` (B, L) int64, padded to the longest."""
+        """Reports -> ``input_ids`` and ``attention_mask`` (B, L) int64, L = longest or ``max_length``."""
         texts = [self.mark_sentences(r) for r in reports]
-        enc = self.tok(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        enc = self.tok(
+            texts, padding=self.padding, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
@@ -243,7 +268,15 @@ class TextTower(nn.Module):
         self.model_type = model_type
         self.kind = model_kind(cfg, model_type)
         targets = lora_targets(cfg, model_type) if cfg.lora_r > 0 else []
-        self.tokenizer = ReportTokenizer(hf_tok, self.kind, cfg.max_length, cfg.separator)
+        self.tokenizer = ReportTokenizer(
+            hf_tok,
+            self.kind,
+            cfg.max_length,
+            cfg.separator,
+            bos_token=cfg.bos_token,
+            eos_token=cfg.eos_token,
+            pad_to_max_length=cfg.pooling == "all_tokens",
+        )
         # seeded: random bases, rows of added tokens and LoRA A matrices are rebuilt identically on
         # every process and on resume
         with torch.random.fork_rng(devices=[]):
