@@ -59,23 +59,24 @@ def row_batch_norm(x: Tensor, mask: Tensor, bn: nn.BatchNorm1d) -> Tensor:
 
 @torch.no_grad()
 def _update_running_stats(bn: nn.BatchNorm1d, mean: Tensor, var: Tensor, n: Tensor) -> None:
-    """Successive running-statistics updates of ``bn``, one per row with n >= 2 (unbiased variance)."""
-    keep = n >= 2
-    k = int(keep.sum())
-    if k == 0:
-        return
-    mean, var, n = mean[keep], var[keep], n[keep]
-    unbiased = var * (n / (n - 1))[:, None]
+    """Successive running-statistics updates of ``bn``, one per row with n >= 2 (unbiased variance).
+
+    Closed form of k updates r <- (1 - m) r + m s_i: r_k = (1 - m)^k r_0 + sum_i m (1 - m)^(rows after i) s_i
+    (cumulative average when ``bn.momentum`` is None). No host synchronisation.
+    """
+    keep = (n >= 2).float()  # (B,)
+    k = keep.sum()
+    unbiased = var * (n / (n - 1).clamp_min(1))[:, None]
     if bn.momentum is None:  # cumulative average over all calls so far
-        t0 = float(bn.num_batches_tracked)
-        w_old, w = t0 / (t0 + k), torch.full((k,), 1.0 / (t0 + k), device=mean.device)
-    else:  # r <- (1 - m) r + m s, k times: weight of row i is m (1 - m)^(k - 1 - i)
-        mom = float(bn.momentum)
-        w_old = (1 - mom) ** k
-        w = mom * (1 - mom) ** torch.arange(k - 1, -1, -1, device=mean.device, dtype=torch.float32)
+        t0 = bn.num_batches_tracked.float()
+        w_old, w = t0 / (t0 + k).clamp_min(1), keep / (t0 + k).clamp_min(1)
+    else:
+        decay = 1.0 - float(bn.momentum)
+        after = keep.flip(0).cumsum(0).flip(0) - keep  # kept rows after row i
+        w_old, w = decay**k, keep * float(bn.momentum) * decay**after
     bn.running_mean.mul_(w_old).add_((w[:, None] * mean).sum(0).to(bn.running_mean.dtype))
     bn.running_var.mul_(w_old).add_((w[:, None] * unbiased).sum(0).to(bn.running_var.dtype))
-    bn.num_batches_tracked.add_(k)
+    bn.num_batches_tracked.add_(k.long())
 
 
 class TokenHead(nn.Module):
