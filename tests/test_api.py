@@ -47,19 +47,27 @@ def test_import_is_lazy_and_reexports_the_api() -> None:
 
 
 def test_api_docstring_examples_run() -> None:
-    res = doctest.testmod(api, optionflags=doctest.ELLIPSIS)
-    assert res.attempted >= 8 and res.failed == 0
+    from medlearn.itl import predict as itl_predict
+    from medlearn.mama.eval import predict as mama_predict
+    from medlearn.mrsi import predict as mrsi_predict
+
+    for mod, least in ((api, 5), (mrsi_predict, 3), (itl_predict, 2), (mama_predict, 2)):
+        res = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+        assert res.attempted >= least and res.failed == 0, mod.__name__
 
 
 def test_presets_listed_and_bad_names_rejected(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert set(api.TASKS) >= {"mrsi", "itl", "mama"}
     for task in api.TASKS:
         names = api.list_presets(task)
         assert names == sorted(p.stem for p in (ROOT / "configs" / task).glob("*.yaml"))
         assert {"paper", "small", "tiny", "demo"} <= set(names)
-    with pytest.raises(ConfigError, match="unknown task 'seg'; valid tasks: mrsi, itl, mama"):
+    with pytest.raises(ConfigError, match="unknown task 'seg'; valid tasks: mrsi, mama, itl"):
         api.build_model("seg")
+    with pytest.raises(ConfigError, match="unknown task 'seg'"):
+        api.list_presets("seg")
     with pytest.raises(
-        ConfigError, match=r"unknown itl preset 'tinyy' .*valid presets: demo, paper, small, tiny"
+        ConfigError, match=r"unknown itl preset 'tinyy'; valid presets: demo, paper, small, tiny"
     ):
         api.build_model("itl", "tinyy")
     with pytest.raises(ConfigError, match="model.widht"):
@@ -68,8 +76,11 @@ def test_presets_listed_and_bad_names_rejected(monkeypatch: pytest.MonkeyPatch, 
         api.load_preset("mrsi", tmp_path / "missing.yaml")
     (tmp_path / "cfgs" / "itl").mkdir(parents=True)
     (tmp_path / "cfgs" / "itl" / "mine.yaml").write_text("model: {width: 4}\n")
-    monkeypatch.setenv("MEDLEARN_CONFIGS", str(tmp_path / "cfgs"))
-    assert api.list_presets("itl") == ["mine"] and api.load_preset("itl", "mine").model.width == 4
+    monkeypatch.setenv("MEDLEARN_CONFIGS", str(tmp_path / "cfgs"))  # its presets first, packaged ones fill in
+    assert api.list_presets("itl") == ["demo", "mine", "paper", "small", "tiny"]
+    assert api.load_preset("itl", "mine").model.width == 4
+    (tmp_path / "cfgs" / "itl" / "tiny.yaml").write_text("model: {width: 5}\n")  # shadows the packaged tiny
+    assert api.load_preset("itl", "tiny").model.width == 5
     monkeypatch.setenv("MEDLEARN_CONFIGS", str(tmp_path / "nowhere"))
     with pytest.raises(ConfigError, match=r"preset folder '.*nowhere' not found.*MEDLEARN_CONFIGS"):
         api.list_presets("mrsi")
@@ -116,7 +127,7 @@ def mrsi_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     except ImportError:  # pragma: no cover - tests collected as plain folders
         from mrsi.conftest import write_npy_patients
     from medlearn.mrsi.config import MRSIConfig
-    from medlearn.mrsi.train import fit
+    from medlearn.mrsi.train import train as train_mrsi
 
     root = tmp_path_factory.mktemp("api_mrsi")
     data = write_npy_patients(root / "npy", n_patients=4)
@@ -127,7 +138,7 @@ def mrsi_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        fit(cfg)
+        train_mrsi(cfg)
     finally:
         torch.set_num_threads(before)
     return root / "run"
@@ -194,7 +205,9 @@ def test_mrsi_bad_inputs(mrsi_run: Path) -> None:
         p.super_resolve(lr, t1, flair, "XYZ", lowres_matrix=6)
     with pytest.raises(DataError, match="matches neither the MRI grid"):
         p.super_resolve(lr[:15], t1, flair, "NAA", lowres_matrix=6)
-    with pytest.raises(DataError, match="differs from t1"):
+    with pytest.raises(
+        DataError, match=r"flair: FLAIR shape \(45, 48, 6\) differs from T1 \(48, 48, 6\) \(t1\)"
+    ):
         p.super_resolve(lr, t1, flair[:-3], "NAA", lowres_matrix=6)
     with pytest.raises(DataError, match="finite"):
         p.super_resolve(np.full_like(lr, np.nan), t1, flair, "NAA", lowres_matrix=6)
@@ -239,6 +252,9 @@ def test_itl_round_trip_matches_predict_file(itl_run: tuple[Path, Path], tmp_pat
     mask = seg.segment(vol, spacing)
     assert mask.shape == vol.shape == prob.shape and mask.dtype == np.uint8
     assert prob.std() > 0 and ((prob > 0.5) == (mask == 1)).all()  # largest_cc is off in this run
+    np.testing.assert_array_equal(
+        api.load_predictor("itl", run).segment(vol, spacing), mask
+    )  # the registry's loader
     model, cfg = load_checkpoint(run / "checkpoints" / "final")  # the task's own loader and predictor
     ref = predict_file(model, cfg, tmp_path / "scan.nii.gz", tmp_path / "ref.nii.gz")
     np.testing.assert_array_equal(mask, np.asarray(nib.load(str(ref)).dataobj))
@@ -270,7 +286,9 @@ def mama_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
     root = tmp_path_factory.mktemp("api_mama")
     prepared = write_prepared(root, patients=6)
-    cfg = tiny_config(root, "train.max_steps=2", "loss.late_loss=1", "train.val_every=0", f"data.prepared_dir={prepared}")
+    cfg = tiny_config(
+        root, "train.max_steps=2", "loss.late_loss=1", "train.val_every=0", f"data.prepared_dir={prepared}"
+    )
     summary = train(cfg, deterministic_datasets(prepared, cfg.model.image.image_size))
     return Path(summary["final"]), root / "synth"
 

@@ -3,8 +3,9 @@
 Tasks: ``mama`` (mammography vision-language pre-training), ``mrsi`` (multi-scale MRSI
 super-resolution with adjustable sharpness) and ``itl`` (incremental-transfer learning for
 multi-site segmentation).  Importing the package has no side effects and imports no heavy library:
-the Python API of :mod:`medlearn.api` (``medlearn.build_model``, ``medlearn.load_mrsi``,
-``medlearn.load_itl``, ``medlearn.load_mama`` ...) is loaded on first attribute access.
+the Python API of :mod:`medlearn.api` (``medlearn.build_model``, ``medlearn.train``,
+``medlearn.load_predictor``, ``medlearn.load_mrsi`` ...) is loaded on first attribute access.
+``python -m medlearn`` is the ``medlearn`` command.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ _API = (
     "load_itl",
     "load_mama",
     "load_mrsi",
+    "load_predictor",
     "load_preset",
     "train",
 )

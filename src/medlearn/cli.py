@@ -1,19 +1,24 @@
-"""The command tree: ``medlearn <task> <verb> --config FILE key=value ...``, ``medlearn demo``, ``medlearn env``."""
+"""The command tree: ``medlearn <task> <verb> --config PRESET key=value ...``, ``medlearn demo``, ``medlearn env``.
+
+The tasks come from the registry of :mod:`medlearn.tasks`; each adds its own verbs, and every task
+gets the generic ones: ``presets`` (names of its presets), ``show-config`` (a preset resolved with
+every default, as YAML to copy and edit), ``demo`` (when it has one) and ``train`` (when it adds no
+``train`` of its own).  ``python -m medlearn`` runs the same :func:`main`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import time
-from pathlib import Path
+from typing import Any
 
-from medlearn import __version__
-from medlearn.cli_common import setup_logging
+from medlearn.cli_common import add_config_args, load_task_config, setup_logging
 from medlearn.errors import MedlearnError
-from medlearn.tasks import registered_tasks
+from medlearn.tasks import Task, registered_tasks
 
 
+# ------------------------------------------------------------------------------------- top level
 def _cmd_env(args: argparse.Namespace) -> int:
     from medlearn.engine.run_dir import OPTIONAL, environment_info
 
@@ -36,70 +41,108 @@ def _cmd_env(args: argparse.Namespace) -> int:
     for mod, ok in info["extras"].items():
         print(f"  {'yes' if ok else 'no ':3s}  {mod:22s} {OPTIONAL[mod]}")
     tasks = registered_tasks()
-    print(f"tasks: {', '.join(tasks) if tasks else '(none built yet)'}")
+    print(f"tasks: {', '.join(tasks) if tasks else '(none registered)'}")
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from medlearn.engine.run_dir import environment_info
-    from medlearn.report import Report
+    from medlearn.demo import run_demos
 
-    tasks = registered_tasks()
-    wanted = args.tasks.split(",") if args.tasks else list(tasks)
-    unknown = [t for t in wanted if t not in tasks]
-    if unknown:
-        print(f"error: unknown or unbuilt task(s) {unknown}; available: {list(tasks)}", file=sys.stderr)
-        return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    report = Report("medlearn demo report")
-    report.section("Overview", "Each registered task ran its whole loop on bundled synthetic data.")
-    timings = []
-    for name in wanted:
-        print(f"== demo: {name} ==", flush=True)
-        t0 = time.time()
-        summary = tasks[name].run_demo(out / name, report, fresh=args.fresh) or {}
-        dt = time.time() - t0
-        scalars = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
-        headline = "; ".join(
-            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in scalars.items()
-        )
-        timings.append({"task": name, "seconds": round(dt, 1), "key results": headline})
-        print(f"== demo: {name} done in {dt:.1f} s ==", flush=True)
-    if not wanted:
-        print("no task is built yet; registered tasks: none")
-    env = environment_info()
-    report.section("Overview").table(
-        timings or [{"task": "(none)", "seconds": 0}], caption="tasks and wall time"
-    )
-    envsec = report.section("Environment")
-    envsec.table([{"library": k, "version": v} for k, v in env["libraries"].items()], caption="libraries")
-    envsec.table(
-        [
-            {
-                "python": env["python"],
-                "platform": env["platform"],
-                "cpus": env["cpu_count"],
-                "gpus": len(env["gpus"]),
-                "git": env["git"],
-            }
-        ],
-        caption="machine",
-    )
-    path = report.write(out / getattr(args, "report_name", "report.html"))
+    tasks = [t for t in args.tasks.split(",") if t] if args.tasks else []
+    path, rows = run_demos(args.out, tasks, fresh=args.fresh, report_name=args.report_name)
+    for row in rows:
+        print(f"{row['task']}: {row['seconds']} s; {row['key results']}")
     print(f"report: {path}")
     return 0
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: package version and, from a source checkout, its git revision (computed on use)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest=dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        from medlearn.engine.run_dir import provenance
+
+        print(provenance())
+        parser.exit()
+
+
+# ----------------------------------------------------------------------------------- task verbs
+def _cmd_presets(task: Task, args: argparse.Namespace) -> int:
+    from medlearn.config import list_presets, resolve_preset
+
+    for name in list_presets(task.name):
+        print(f"{name}\t{resolve_preset(task.name, name)}" if args.paths else name)
+    return 0
+
+
+def _cmd_show_config(task: Task, args: argparse.Namespace) -> int:
+    from medlearn.config import resolve_preset, to_yaml
+
+    cfg = load_task_config(task.name, args)
+    print(f"# medlearn {task.name}: preset '{args.config}' ({resolve_preset(task.name, args.config)})")
+    if args.overrides:
+        print(f"# overrides: {' '.join(args.overrides)}")
+    print(to_yaml(cfg), end="")
+    return 0
+
+
+def _cmd_train(task: Task, args: argparse.Namespace) -> int:
+    summary = task.train(load_task_config(task.name, args))
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _cmd_task_demo(task: Task, args: argparse.Namespace) -> int:
+    ns = argparse.Namespace(
+        out=args.out, fresh=args.fresh, tasks=task.name, report_name=f"report_{task.name}.html"
+    )
+    return _cmd_demo(ns)
+
+
+def add_generic_verbs(verbs: argparse._SubParsersAction, task: Task) -> None:
+    """``presets``, ``show-config``, and ``train`` / ``demo`` where the task adds none of its own."""
+    if "train" not in verbs.choices:
+        p = verbs.add_parser("train", help="train on a preset (the run folder is train.out)")
+        add_config_args(p)
+        p.set_defaults(func=lambda a, t=task: _cmd_train(t, a))
+    p = verbs.add_parser("presets", help="list the presets (--config NAME)")
+    p.add_argument("--paths", action="store_true", help="also print the YAML file of each preset")
+    p.set_defaults(func=lambda a, t=task: _cmd_presets(t, a))
+    p = verbs.add_parser("show-config", help="print a preset with every default filled in, as YAML to edit")
+    p.add_argument("config", metavar="PRESET", help="preset name or YAML file")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides applied first")
+    p.set_defaults(func=lambda a, t=task: _cmd_show_config(t, a))
+    if task.run_demo is not None and "demo" not in verbs.choices:
+        p = verbs.add_parser(
+            "demo", help="the whole loop on synthetic data, with a report (see medlearn demo)"
+        )
+        p.add_argument(
+            "--out", default="runs/demo", help="demo folder (default runs/demo; shared with medlearn demo)"
+        )
+        p.add_argument("--fresh", action="store_true", help="recompute instead of reusing earlier outputs")
+        p.set_defaults(func=lambda a, t=task: _cmd_task_demo(t, a))
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command tree, one sub-command per registered task."""
     tasks = registered_tasks()
     parser = argparse.ArgumentParser(
         prog="medlearn",
-        description="Data-efficient medical-imaging methods: "
-        + ", ".join(f"{n} ({getattr(m, 'HELP', '')})" for n, m in tasks.items()),
+        description="Data-efficient medical-imaging methods, one command per task; "
+        "`medlearn <task> presets` lists its presets, `medlearn <task> <verb> --help` the options.",
     )
-    parser.add_argument("--version", action="version", version=f"medlearn {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--version", action=_VersionAction, help="package version (and git revision of a checkout)"
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="debug logging, including third-party warnings and progress bars",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p_env = sub.add_parser("env", help="versions, devices and optional extras")
     p_env.add_argument("--json", action="store_true")
@@ -110,16 +153,19 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo.add_argument(
         "--fresh", action="store_true", help="recompute everything instead of reusing outputs"
     )
-    p_demo.set_defaults(func=_cmd_demo)
-    for name, mod in tasks.items():
-        p_task = sub.add_parser(name, help=getattr(mod, "HELP", name))
+    p_demo.set_defaults(func=_cmd_demo, report_name="report.html")
+    for name, task in tasks.items():
+        p_task = sub.add_parser(name, help=task.help, description=task.help)
         verbs = p_task.add_subparsers(dest="verb", metavar="VERB")
-        mod.add_verbs(verbs)
+        if task.add_verbs is not None:
+            task.add_verbs(verbs)
+        add_generic_verbs(verbs, task)
         p_task.set_defaults(func=lambda a, p=p_task: (p.print_help(), 2)[1])
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``), run the verb; clear errors exit with code 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(getattr(args, "verbose", False))

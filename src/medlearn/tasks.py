@@ -1,41 +1,111 @@
-"""Which tasks exist: each task package may provide ``<task>/cli.py`` with the task protocol.
+"""Tasks as plug-ins: one :class:`Task` object per method, kept in one registry.
 
-A task's ``cli`` module defines:
+``cli.py``, ``api.py`` and ``demo.py`` iterate over :func:`registered_tasks` and never branch on a
+task's name.  The built-in tasks register themselves in ``medlearn/<task>/task.py``; a fourth task
+is one package plus one call::
 
-* ``HELP: str`` - one line for ``medlearn --help``;
-* ``add_verbs(sub)`` - adds its verbs (``synth``, ``prepare``, ``train``, ``evaluate``,
-  ``predict``, ``demo`` ...) to an ``argparse`` sub-parser collection; each verb sets
-  ``func=callable(args) -> int``;
-* ``run_demo(out: Path, report: Report, fresh: bool) -> dict`` - the whole loop on bundled
-  synthetic data, adding a section to ``report``; returns a small summary dict.
+    from medlearn.tasks import Task, register_task
+    register_task(Task(name="toy", help="...", schema=ToyConfig, train=train_toy, build_model=...))
 
-A task whose ``cli`` module is not there yet is simply absent from the command tree.
+Everything except ``name``, ``help``, ``schema`` and ``train`` is optional: a task without
+``add_verbs`` gets only the generic verbs (``train``, ``presets``, ``show-config``), one without
+``run_demo`` is left out of ``medlearn demo``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
-from types import ModuleType
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-KNOWN_TASKS = ("mrsi", "mama", "itl")
+from medlearn.errors import ConfigError
 
-
-def load_task(name: str) -> ModuleType | None:
-    """The task's cli module, or ``None`` when that task is not built."""
-    module = f"medlearn.{name}.cli"
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name in (module, f"medlearn.{name}"):
-            return None
-        raise
+BUILTIN_TASKS = ("mrsi", "mama", "itl")
 
 
-def registered_tasks() -> dict[str, ModuleType]:
-    """``{task name: cli module}`` for every task that is built."""
-    out = {}
-    for name in KNOWN_TASKS:
-        mod = load_task(name)
-        if mod is not None:
-            out[name] = mod
-    return out
+@dataclass(frozen=True)
+class Task:
+    """What the toolkit needs to know about one method.
+
+    Attributes:
+        name: the word on the command line (``medlearn <name> ...``) and in ``configs/<name>/``.
+        help: one line for ``medlearn --help``.
+        schema: the config dataclass (loaded by :func:`medlearn.config.load_config`).
+        train: ``train(cfg) -> summary dict``: the training entry point; the run folder is
+            ``cfg.train.out``.
+        build_model: ``build_model(cfg) -> nn.Module``, a freshly initialised network.
+        load_predictor: ``load_predictor(checkpoint, device) -> predictor`` for a trained run.
+        add_verbs: ``add_verbs(subparsers)``: the task's own verbs (synth, prepare, evaluate ...).
+        run_demo: ``run_demo(out, report, fresh) -> summary dict``: the whole loop on synthetic data.
+    """
+
+    name: str
+    help: str
+    schema: type
+    train: Callable[[Any], dict[str, Any]]
+    build_model: Callable[[Any], Any] | None = None
+    load_predictor: Callable[..., Any] | None = None
+    add_verbs: Callable[[Any], None] | None = None
+    run_demo: Callable[..., dict[str, Any]] | None = None
+
+
+_REGISTRY: dict[str, Task] = {}
+
+
+def register_task(task: Task, replace: bool = False) -> Task:
+    """Add ``task`` to the registry; a second task of the same name is refused unless ``replace``."""
+    if task.name in _REGISTRY and not replace and _REGISTRY[task.name] is not task:
+        raise ConfigError(f"a task named '{task.name}' is already registered")
+    _REGISTRY[task.name] = task
+    return task
+
+
+def unregister_task(name: str) -> None:
+    """Remove a task (tests that register a toy task clean up with this)."""
+    _REGISTRY.pop(name, None)
+
+
+def _load_builtins() -> None:
+    for name in BUILTIN_TASKS:
+        if name not in _REGISTRY:
+            importlib.import_module(f"medlearn.{name}.task")
+
+
+def registered_tasks() -> dict[str, Task]:
+    """``{name: Task}`` of every registered task, built-in ones first."""
+    _load_builtins()
+    return dict(_REGISTRY)
+
+
+def get_task(name: str) -> Task:
+    """The task called ``name``.
+
+    Raises:
+        ConfigError: for an unknown name (the registered ones are listed).
+    """
+    tasks = registered_tasks()
+    if name not in tasks:
+        raise ConfigError(f"unknown task '{name}'; valid tasks: {', '.join(tasks)}")
+    return tasks[name]
+
+
+def run_folder_key(schema: type) -> str:
+    """The dotted config key of the run folder: ``train.out``, or ``out`` in a schema that keeps it
+    at the top level (the older layout of the itl and mama configs)."""
+    train = typing.get_type_hints(schema).get("train")
+    if isinstance(train, type) and dataclasses.is_dataclass(train):
+        if "out" in {f.name for f in dataclasses.fields(train)}:
+            return "train.out"
+    return "out"
+
+
+def run_folder(cfg: Any) -> Path:
+    """The run folder of a loaded task config (the value of :func:`run_folder_key`)."""
+    node = cfg
+    for part in run_folder_key(type(cfg)).split("."):
+        node = getattr(node, part)
+    return Path(node)

@@ -24,9 +24,29 @@ LIBRARIES = (
 )  # fmt: skip
 
 
+def source_checkout() -> Path | None:
+    """The source checkout medlearn is imported from (``<checkout>/src/medlearn``), or ``None``.
+
+    A checkout is a folder with ``pyproject.toml`` and ``.git`` two levels above the package (a
+    clone, or an editable install of one).  An installed wheel has none, even when its environment
+    sits inside some other git repository.
+    """
+    root = Path(__file__).resolve().parents[3]
+    if (
+        (root / "pyproject.toml").is_file()
+        and (root / ".git").exists()
+        and (root / "src" / "medlearn").is_dir()
+    ):
+        return root
+    return None
+
+
 def git_revision(cwd: str | Path | None = None) -> str | None:
-    """``git describe --always --dirty`` of the source tree, or ``None`` outside a git checkout."""
-    here = Path(cwd) if cwd else Path(__file__).resolve().parent
+    """``git describe --always --dirty`` of ``cwd`` (default: :func:`source_checkout`), or ``None``
+    when medlearn is not running from a checkout or git is not available."""
+    here = Path(cwd) if cwd else source_checkout()
+    if here is None:
+        return None
     try:
         out = subprocess.run(
             ["git", "describe", "--always", "--dirty"], cwd=here, capture_output=True, text=True, timeout=5
@@ -34,6 +54,19 @@ def git_revision(cwd: str | Path | None = None) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def medlearn_version() -> str:
+    """The version of the installed ``medlearn`` distribution, else ``medlearn.__version__``."""
+    from medlearn import __version__
+
+    return _version("medlearn") or __version__
+
+
+def provenance() -> str:
+    """``medlearn <version>``, plus ``(git <revision>)`` when running from a checkout."""
+    rev = git_revision()
+    return f"medlearn {medlearn_version()}" + (f" (git {rev})" if rev else "")
 
 
 def _version(dist: str) -> str | None:
@@ -44,7 +77,11 @@ def _version(dist: str) -> str | None:
 
 
 def environment_info() -> dict[str, Any]:
-    """Versions, platform, CPU/GPU devices and optional extras, as a JSON-able dict."""
+    """Versions, platform, CPU/GPU devices and optional extras, as a JSON-able dict.
+
+    ``medlearn`` is the package version; ``git`` the revision of the source checkout it runs from
+    (``None`` for an installed wheel, see :func:`source_checkout`).
+    """
     import importlib.util
 
     import torch
@@ -55,7 +92,7 @@ def environment_info() -> dict[str, Any]:
             p = torch.cuda.get_device_properties(i)
             gpus.append({"index": i, "name": p.name, "memory_gib": round(p.total_memory / 2**30, 1)})
     return {
-        "medlearn": _version("medlearn"),
+        "medlearn": medlearn_version(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),

@@ -3,6 +3,9 @@
 The volume is preprocessed like the training data (z-score, in-plane resampling, crop/pad), segmented
 slice by slice, and the foreground probability is mapped back (un-crop, bilinear resampling to
 the input's in-plane size) before thresholding, so the output has the input's shape and affine.
+
+:class:`ITLSegmenter` (from :func:`load_itl`, also ``medlearn.load_itl``) offers the same on numpy
+arrays through :func:`volume_probabilities`.
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -21,8 +26,7 @@ from medlearn.engine import load_weights
 from medlearn.errors import DataError
 from medlearn.itl.config import ITLConfig
 from medlearn.itl.data import preprocess, read_volume, restore_probabilities
-from medlearn.itl.evaluate import predict_probabilities
-from medlearn.itl.metrics import largest_component
+from medlearn.itl.evaluate import predict_probabilities, segment
 from medlearn.itl.model import MultiSiteExpert, build_model
 
 log = logging.getLogger(__name__)
@@ -58,17 +62,28 @@ def load_checkpoint(
     return model.to(device).eval(), cfg
 
 
+def volume_probabilities(
+    model: MultiSiteExpert,
+    cfg: ITLConfig,
+    image: np.ndarray,
+    spacing: tuple[float, float, float],
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
+    """(X, Y, Z) image with voxel spacing in mm -> (X, Y, Z) float32 foreground probability.
+
+    Preprocessed like the training data (``cfg.data``), predicted slice by slice, mapped back.
+    """
+    img, _, geom = preprocess(image, spacing, cfg.data.spacing_mm, cfg.data.size)
+    prob = predict_probabilities(model, img, cfg.data.context, torch.device(device), cfg.train.eval_batch)
+    return restore_probabilities(prob, geom)
+
+
 def predict_file(
     model: MultiSiteExpert, cfg: ITLConfig, src: Path, dst: Path, device: torch.device | str = "cpu"
 ) -> Path:
     """Segment one NIfTI file and write the uint8 mask (input shape and affine) to ``dst``."""
     image, affine, spacing = read_volume(src, "input image")
-    img, _, geom = preprocess(image, spacing, cfg.data.spacing_mm, cfg.data.size)
-    prob = predict_probabilities(model, img, cfg.data.context, torch.device(device), cfg.train.eval_batch)
-    back = restore_probabilities(prob, geom)
-    mask = (back > 0.5).astype(np.uint8)
-    if cfg.train.largest_cc:
-        mask = largest_component(mask)
+    mask = segment(volume_probabilities(model, cfg, image, spacing, device), cfg.train.largest_cc)
     ref = nib.load(str(src))
     out = nib.Nifti1Image(mask, affine, header=ref.header)
     out.set_data_dtype(np.uint8)
@@ -112,3 +127,68 @@ def predict_paths(
         written.append(predict_file(model, cfg, f, dst, device))
         log.info("wrote %s", dst)
     return written
+
+
+# ------------------------------------------------------------------------------------ Python API
+class ITLSegmenter:
+    """A trained ITL segmentation model with array and NIfTI entry points (see :func:`load_itl`).
+
+    Volumes go through :func:`volume_probabilities` (the training preprocessing, slice-by-slice
+    prediction, mapped back to the input grid); masks are thresholded at 0.5 and reduced to the
+    largest 3D component when ``config.train.largest_cc``.
+
+    Attributes:
+        model: :class:`medlearn.itl.model.MultiSiteExpert` (eval mode); config: its ``ITLConfig``.
+    """
+
+    def __init__(self, model: MultiSiteExpert, config: ITLConfig, device: torch.device) -> None:
+        self.model = model
+        self.config = config
+        self.device = device
+
+    def probabilities(self, volume: Any, spacing: Sequence[float]) -> np.ndarray:
+        """(X, Y, Z) image and its voxel spacing in mm -> (X, Y, Z) float32 foreground probability."""
+        from medlearn.io.arrays import as_float_array
+
+        vol = as_float_array(volume, "volume", 3)
+        sp = tuple(float(s) for s in spacing)
+        if len(sp) != 3 or min(sp) <= 0:
+            raise DataError(f"spacing must be 3 positive values in mm (x, y, z), got {tuple(spacing)}")
+        return volume_probabilities(self.model, self.config, vol, (sp[0], sp[1], sp[2]), self.device)
+
+    def segment(self, volume: Any, spacing: Sequence[float]) -> np.ndarray:
+        """Segment one volume.
+
+        Args:
+            volume: (X, Y, Z) image in any intensity units (axial slices along Z).
+            spacing: voxel size (x, y, z) in mm (``nibabel`` ``header.get_zooms()``).
+        Returns:
+            (X, Y, Z) uint8 mask (1 = prostate) on the input grid.
+        Raises:
+            DataError: not 3D, non-finite values, or a bad spacing.
+
+        Example:
+            >>> from medlearn import build_model, load_preset
+            >>> s = ITLSegmenter(build_model("itl", "tiny"), load_preset("itl", "tiny"), torch.device("cpu"))
+            >>> s.segment(np.random.default_rng(0).normal(size=(40, 36, 5)), (2.0, 2.0, 3.0)).shape
+            (40, 36, 5)
+        """
+        return segment(self.probabilities(volume, spacing), self.config.train.largest_cc)
+
+    def segment_file(self, src: str | Path, dst: str | Path) -> Path:
+        """Segment a NIfTI file; the uint8 mask at ``dst`` has the input's shape, affine and header."""
+        return predict_file(self.model, self.config, Path(src), Path(dst), self.device)
+
+
+def load_itl(checkpoint: str | Path, device: str | torch.device = "cpu") -> ITLSegmenter:
+    """Load a trained ITL model: a run folder (its ``checkpoints/final``) or a checkpoint folder.
+
+    Raises:
+        DataError: no ``state.pt`` there, or a checkpoint without its config.
+
+    Example:
+        >>> seg = load_itl("runs/itl-tiny")  # doctest: +SKIP
+        >>> seg.segment_file("scan.nii.gz", "scan_mask.nii.gz")  # doctest: +SKIP
+    """
+    model, cfg = load_checkpoint(checkpoint, device)
+    return ITLSegmenter(model, cfg, torch.device(device))

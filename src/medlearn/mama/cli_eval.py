@@ -79,7 +79,7 @@ def add_eval_verbs(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", required=True, help="prepared data folder (medlearn mama prepare)")
     p.add_argument("--out", default="", help="output folder (default <run>/eval/<mode>_<task>)")
-    add_config_args(p)
+    add_config_args(p, help="YAML file of evaluation settings (keys of EvalConfig), optional")
     p.set_defaults(func=_cmd_evaluate)
     q = subparsers.add_parser(
         "predict", help="class probabilities per image and per breast for DICOM/PNG files"

@@ -1,32 +1,24 @@
-"""``medlearn mrsi <verb>``: synth, prepare, train, evaluate, predict, demo (task protocol of medlearn.tasks)."""
+"""``medlearn mrsi <verb>``: synth, prepare, train, evaluate, predict (added by :mod:`medlearn.mrsi.task`).
+
+The generic verbs (``presets``, ``show-config``, ``demo``) come from :mod:`medlearn.cli`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import shutil
-import time
 from pathlib import Path
 from typing import Any
 
-from medlearn.cli_common import add_config_args, add_demo_verb
+from medlearn.cli_common import add_config_args, load_task_config
 from medlearn.errors import ConfigError, DataError, MedlearnError
-
-HELP = "multi-scale MRSI super-resolution with metabolite and sharpness conditioning (Dong et al. 2022)"
 
 log = logging.getLogger(__name__)
 
 
-def _configs_dir() -> Path:
-    return Path(__file__).resolve().parents[3] / "configs" / "mrsi"
-
-
-def _load(args: argparse.Namespace, default: str | Path | None = None):
-    from medlearn.config import load_config
-    from medlearn.mrsi.config import MRSIConfig
-
-    return load_config(MRSIConfig, args.config or default, args.overrides)
+def _load(args: argparse.Namespace, default: str | Path | None = None) -> Any:
+    return load_task_config("mrsi", args, default)
 
 
 # ------------------------------------------------------------------------------------------ verbs
@@ -95,7 +87,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from medlearn.mrsi.train import fit
+    from medlearn.mrsi.train import train as fit
 
     summary = fit(_load(args))
     print(json.dumps(summary, indent=2, default=str))
@@ -178,105 +170,3 @@ def add_verbs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output .nii.gz (file mode) or folder (batch mode)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_predict)
-
-    add_demo_verb(sub, "mrsi", "synthesise, train a demo model, evaluate, write a report")
-
-
-# ------------------------------------------------------------------------------------------- demo
-DEMO_PATIENTS = 6
-DEMO_HR_SIZE = 32
-DEMO_SLICES = 2
-
-
-def run_demo(out: Path, report: Any, fresh: bool) -> dict:
-    """Synthesise a small benchmark, train a demo MCM network, evaluate it, add a report section.
-
-    Outputs are reused when present unless ``fresh``.  Runs single-threaded: the tiny
-    convolutions gain little from a second thread, and on a shared machine OpenMP spinning made
-    two threads several times slower.
-    """
-    import torch
-
-    from medlearn.config import load_config
-    from medlearn.mrsi.config import MRSIConfig
-    from medlearn.mrsi.evaluate import evaluate
-    from medlearn.mrsi.synth import synthesize
-    from medlearn.mrsi.train import fit
-
-    out = Path(out)
-    cfg_path = _configs_dir() / "demo.yaml"
-    if not cfg_path.is_file():
-        raise ConfigError(f"demo config '{cfg_path}' not found (run from a source checkout)")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    t0 = time.time()
-    try:
-        data = out / "data"
-        if fresh and out.exists():
-            shutil.rmtree(out)
-        if not (data / "synth.json").is_file():
-            synthesize(
-                data,
-                n_patients=DEMO_PATIENTS,
-                seed=0,
-                hr_size=DEMO_HR_SIZE,
-                n_slices=DEMO_SLICES,
-                layouts=("npy",),
-            )
-        t_synth = time.time() - t0
-        run = out / "run"
-        cfg = load_config(MRSIConfig, cfg_path, [f"data.root={data / 'npy'}", f"train.out={run}"])
-        if not (run / "checkpoints" / "final").is_dir():
-            fit(cfg)
-        t_train = time.time() - t0 - t_synth
-        ev = out / "eval"
-        if not (ev / "summary.json").is_file():
-            evaluate(run, ev, cfg)
-        summary = json.loads((ev / "summary.json").read_text())
-    finally:
-        torch.set_num_threads(threads)
-    sec = report.section(
-        "MRSI super-resolution",
-        "One multi-conditional network (Filter Scaling on upscaling factor and metabolite, conditional "
-        f"instance norm on the sharpness weight lambda) trained for {cfg.train.epochs} epochs on "
-        f"{DEMO_PATIENTS} synthetic patients ({DEMO_HR_SIZE}x{DEMO_HR_SIZE} maps from MNI152 anatomy with "
-        "simulated gliomas), scored on a held-out patient. Demo-sized: numbers show the pipeline, not the "
-        "method's quality (see docs/mrsi.md for the benchmark).",
-    )
-    keys = [
-        "n",
-        "lambda",
-        "psnr_mean",
-        "psnr_std",
-        "ssim_mean",
-        "ssim_std",
-        "gradient_mean",
-        "gmsd_mean",
-        "count",
-    ]
-    sec.table(
-        [{k: r[k] for k in keys} for r in summary["per_n_lambda"]], caption="SR: PSNR/SSIM per n and lambda"
-    )
-    rkeys = ["method", "n", "psnr_mean", "psnr_std", "ssim_mean", "ssim_std"]
-    sec.table(
-        [{k: r[k] for k in rkeys} for r in summary["references"]],
-        caption="zero-filled input and bicubic per n",
-    )
-    sec.table([{"parameters": summary["parameters"], "synth_s": round(t_synth, 1), "train_s": round(t_train, 1)}],
-              caption="model size and wall time")  # fmt: skip
-    for name in ("NAA", "tCho"):
-        png = ev / f"sr_grid_{name}.png"
-        if png.is_file():
-            sec.image(png, f"{name}: HR / zero-filled LR / SR across n and lambda")
-    if (ev / "psnr_vs_sharpness.png").is_file():
-        sec.image(
-            ev / "psnr_vs_sharpness.png",
-            "PSNR versus sharpness (k-space energy outside the acquired window) per lambda",
-        )
-    sr0 = [r for r in summary["per_n_lambda"] if r["lambda"] == min(cfg.eval.lambdas)]
-    zf = [r for r in summary["references"] if r["method"] == "zero_filled"]
-    return {
-        "psnr_sr_lambda0": round(sum(r["psnr_mean"] for r in sr0) / max(1, len(sr0)), 2),
-        "psnr_zero_filled": round(sum(r["psnr_mean"] for r in zf) / max(1, len(zf)), 2),
-        "parameters": summary["parameters"],
-    }

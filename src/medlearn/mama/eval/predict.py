@@ -13,6 +13,9 @@ A file that cannot be read is listed in the CSV (``status=error`` and the messag
 and does not stop the run (``strict=True`` raises instead). Per-breast rows (max over the breast's
 views; ``<out stem>_breast.csv``) group images by (patient, laterality): patient from the DICOM
 PatientID, else the parent folder name (RSNA layout ``<patient>/<image>.dcm``).
+
+:class:`MamaPredictor` (from :func:`load_mama`, also ``medlearn.load_mama``) is the Python entry
+point: embeddings, zero-shot probabilities, and the same file preprocessing on arrays.
 """
 
 from __future__ import annotations
@@ -239,3 +242,121 @@ def breast_table(images: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
     br = aggregate_by_breast(ok, cols, "_label", how="max").drop(columns="_label")
     br["pred"] = [names[i] for i in br[cols].to_numpy().argmax(1)]
     return br
+
+
+# ------------------------------------------------------------------------------------ Python API
+def _images(images: Any, size: int) -> torch.Tensor:
+    x = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise DataError(f"images: expected (B, 3, {size}, {size}), got {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise DataError("images: values must be finite")
+    return x.float()
+
+
+class MamaPredictor:
+    """A pre-trained MaMA model: image/text embeddings and zero-shot classification (see :func:`load_mama`).
+
+    Images are model inputs (B, 3, S, S), S = :attr:`image_size`, normalised as in training
+    (:meth:`preprocess` / :meth:`load_images` make them from [0, 1] pixels or DICOM/PNG files).
+
+    Attributes:
+        model: :class:`medlearn.mama.modeling.model.MamaModel` (eval mode); config: its ``MamaConfig``.
+    """
+
+    def __init__(self, model: nn.Module, config: Any, device: torch.device) -> None:
+        from medlearn.mama.eval.evaluate import MamaEncoder
+
+        self.model = model
+        self.config = config
+        self.device = device
+        self._encoder = MamaEncoder(model, device)
+
+    @property
+    def image_size(self) -> int:
+        """Input side S in pixels."""
+        return int(self.config.model.image.image_size)
+
+    @property
+    def logit_scale(self) -> float:
+        """exp of the learned (clamped) global logit scale that multiplies cosines."""
+        return self._encoder.logit_scale
+
+    def encode_images(self, images: Any) -> np.ndarray:
+        """(B, 3, S, S) array or tensor -> (B, E) float32 L2-normalised global image embeddings."""
+        return self._encoder.encode_images(_images(images, self.image_size)).float().cpu().numpy()
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """N report sentences/prompts -> (N, E) float32 L2-normalised global text embeddings.
+
+        Sentences are split at "." and ";" as in training (the tokenizer adds separator tokens).
+        """
+        if isinstance(texts, str) or not texts or not all(isinstance(t, str) for t in texts):
+            raise DataError("texts: expected a non-empty list of strings")
+        return self._encoder.encode_texts(list(texts)).float().cpu().numpy()
+
+    def zero_shot(self, images: Any, prompts: Sequence[str] | Sequence[Sequence[str]]) -> np.ndarray:
+        """Class probabilities by image-prompt similarity (softmax of ``logit_scale`` x cosine).
+
+        Args:
+            images: (B, 3, S, S) model inputs.
+            prompts: K class prompts shared by every image, or B lists of K prompts (one per image,
+                as the paper's per-image meta prompts).
+        Returns:
+            (B, K) float32 probabilities (rows sum to 1).
+
+        Example:
+            >>> from medlearn import build_model, load_preset
+            >>> m = MamaPredictor(build_model("mama", "tiny"), load_preset("mama", "tiny"), torch.device("cpu"))
+            >>> m.zero_shot(torch.zeros(2, 3, 32, 32), ["Findings: negative.", "Findings: mass."]).shape
+            (2, 2)
+        """
+        from medlearn.mama.eval.zero_shot import zero_shot_logits
+
+        img = torch.from_numpy(self.encode_images(images))
+        if prompts and all(isinstance(p, str) for p in prompts):
+            cls = torch.from_numpy(self.encode_texts(list(prompts)))  # (K, E)
+        else:
+            rows = [list(p) for p in prompts]
+            k = len(rows[0]) if rows else 0
+            if len(rows) != img.shape[0] or k == 0 or any(len(r) != k for r in rows):
+                raise DataError(
+                    f"prompts: expected K strings, or {img.shape[0]} lists of the same K strings (one per image)"
+                )
+            cls = torch.from_numpy(self.encode_texts([p for r in rows for p in r])).view(len(rows), k, -1)
+        logits = zero_shot_logits(img, cls, self.logit_scale)
+        return torch.softmax(logits, dim=1).numpy()
+
+    def preprocess(self, pixels: Any) -> np.ndarray:
+        """(H, W) grey image in [0, 1] -> (3, S, S) model input (Otsu crop, resize, normalise)."""
+        from medlearn.io.arrays import as_float_array
+        from medlearn.mama.data.transforms import EvalTransform
+
+        return EvalTransform(self.image_size)(as_float_array(pixels, "pixels", 2)).numpy()
+
+    def load_images(self, paths: Sequence[str | Path], window: str = "voi") -> np.ndarray:
+        """DICOM or PNG files -> (B, 3, S, S) model inputs (the pipeline of ``medlearn mama predict``).
+
+        Raises:
+            DataError: a file is missing or unreadable (the message names it).
+        """
+        return np.stack([self.preprocess(read_input(Path(p), window).pixels) for p in paths])
+
+
+def load_mama(checkpoint: str | Path, device: str | torch.device = "cpu") -> MamaPredictor:
+    """Load a pre-trained MaMA model: a checkpoint folder or a run folder (its latest checkpoint).
+
+    The towers are rebuilt from the run's ``config.yaml`` (hub names or local folders there must
+    be reachable), the image tower and heads read from safetensors and the LoRA adapter applied.
+
+    Raises:
+        DataError: no checkpoint, weights or run config there.
+
+    Example:
+        >>> m = load_mama("runs/mama/checkpoints/final")  # doctest: +SKIP
+        >>> m.zero_shot(images, ["Breast composition: fatty.", "Breast composition: dense."])  # doctest: +SKIP
+    """
+    from medlearn.mama.eval.evaluate import load_pretrained
+
+    model, cfg = load_pretrained(checkpoint, device)
+    return MamaPredictor(model, cfg, torch.device(device))
