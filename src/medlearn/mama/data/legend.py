@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from medlearn.mama.data.csv_tables import read_csv_checked
+
 log = logging.getLogger(__name__)
 
 HEADER, DESCRIPTION, CODE, MEANING = "Header in export", "Description", "Code", "Meaning"
@@ -131,8 +133,6 @@ def read_legend(path: str | Path) -> dict[str, dict[str, str]]:
     Raises:
         DataError: file missing, unreadable, or without the columns ``LEGEND_REQUIRED``.
     """
-    from medlearn.mama.data.tables import read_csv_checked
-
     df = read_csv_checked(path, LEGEND_REQUIRED)
     out: dict[str, dict[str, str]] = {}
     for h, c, m in zip(df[HEADER], df[CODE], df[MEANING]):
