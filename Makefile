@@ -19,6 +19,8 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet "$(TORCH_SPEC)"
 	$(PIP) install --quiet -e ".[dev]"
+	@# tests/test_wheel.py builds the wheel offline (no build isolation): setuptools >= 70.1 (bdist_wheel built in) must be in .venv
+	@$(PY) -c "import setuptools.command.bdist_wheel" 2>/dev/null || $(PIP) install --quiet "setuptools>=70.1"
 	@touch $(STAMP)
 
 venv: $(STAMP)

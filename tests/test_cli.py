@@ -214,5 +214,6 @@ def test_third_party_chatter_is_hidden_by_default_and_shown_with_verbose(monkeyp
         os.environ["TRANSFORMERS_VERBOSITY"] == "error" and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
     )
     setup_logging(verbose=True)
-    assert all(logging.getLogger(n).getEffectiveLevel() == logging.DEBUG for n in THIRD_PARTY_LOGGERS)
+    assert all(logging.getLogger(n).getEffectiveLevel() == logging.INFO for n in THIRD_PARTY_LOGGERS)
+    assert logging.getLogger("medlearn.itl").getEffectiveLevel() == logging.DEBUG
     setup_logging(verbose=False)

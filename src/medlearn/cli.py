@@ -166,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), run the verb; clear errors exit with code 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    setup_logging(bool({"-v", "--verbose"} & set(argv)))  # before the task modules import libraries
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(getattr(args, "verbose", False))

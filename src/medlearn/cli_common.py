@@ -65,7 +65,9 @@ def setup_logging(verbose: bool = False) -> None:
     Without ``verbose``: the loggers in :data:`THIRD_PARTY_LOGGERS` show errors only, the Hugging
     Face progress bars and advisory messages are off (:data:`QUIET_ENV`, unless already set), and
     ``FutureWarning``/``DeprecationWarning`` from libraries are not shown.  With ``verbose``: DEBUG
-    for everything, and Python warnings go through logging.
+    for medlearn, INFO for those libraries (their DEBUG lines are byte-level chatter), and Python
+    warnings go through logging.  Call it before the libraries are imported so that the
+    environment switches take effect.
     """
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -74,7 +76,7 @@ def setup_logging(verbose: bool = False) -> None:
     )
     logging.getLogger().setLevel(logging.DEBUG if verbose else logging.INFO)
     for name in THIRD_PARTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.ERROR)
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
     logging.captureWarnings(verbose)
     if verbose:
         return
