@@ -7,6 +7,7 @@ The task itself is the ~20 lines from ``ToyConfig`` to ``train``: a config, hook
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from torch.utils.data import TensorDataset
 
 from medlearn.engine import EngineConfig, backward_and_step, build_scheduler, seed_everything
 from medlearn.engine.loop import LoopSpec, SamplerData, TrainHooks, fit, prepare_run
+from medlearn.errors import DataError
 from medlearn.tasks import Task
 
 
@@ -45,7 +47,7 @@ class ToyTrain:
     max_steps: int = 2
     batch_size: int = 8
     shuffle: bool = True
-    kill_at: int = 0  # tests: crash right after the checkpoint of this step
+    data: str = ""  # a torch file holding (x, y); empty = make_data()
 
 
 @dataclass
@@ -56,13 +58,22 @@ class ToyConfig:
     )
 
 
+def read_data(path: str) -> TensorDataset:
+    """The (x, y) pair saved in ``path`` with ``torch.save``."""
+    try:
+        x, y = torch.load(path, weights_only=True)
+    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
+        raise DataError(f"toy data file '{path}' cannot be read: {exc}") from exc
+    return TensorDataset(x, y)
+
+
 class ToyHooks(TrainHooks):
-    def __init__(self, cfg: ToyConfig, run) -> None:
+    def __init__(self, cfg: ToyConfig, run, kill_at: int = 0) -> None:
         seed_everything(cfg.engine.seed)
         model, opt = make_model(), None
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
         self.sched = build_scheduler(opt, "cosine", total_steps=cfg.train.max_steps, warmup_steps=2)
-        self.acc, self.kill_at = run.accelerator, cfg.train.kill_at
+        self.acc, self.kill_at = run.accelerator, kill_at
         self.model, self.opt = self.acc.prepare(model, opt)
         self.models, self.optimizers, self.schedulers = (
             {"model": self.model},
@@ -70,7 +81,11 @@ class ToyHooks(TrainHooks):
             {"sched": self.sched},
         )
         t = cfg.train
-        self.data = SamplerData(make_data(), t.batch_size, cfg.engine.seed, self.acc, shuffle=t.shuffle)
+        if run.is_main:  # like a task that writes its split before reading every item
+            (run.out / "data.txt").parent.mkdir(parents=True, exist_ok=True)
+            (run.out / "data.txt").write_text(t.data or "make_data()")
+        dataset = read_data(t.data) if t.data else make_data()
+        self.data = SamplerData(dataset, t.batch_size, cfg.engine.seed, self.acc, shuffle=t.shuffle)
 
     def train_step(self, batch, step: int) -> dict[str, torch.Tensor]:
         x, y = batch
@@ -83,11 +98,12 @@ class ToyHooks(TrainHooks):
             raise Killed(f"simulated kill after {path.name}")
 
 
-def train(cfg: ToyConfig) -> dict:
-    run = prepare_run(cfg, cfg.train.out, cfg.engine)
-    result = fit(run, ToyHooks(cfg, run), LoopSpec(run.out / "checkpoints", max_steps=cfg.train.max_steps))
-    run.close()
-    return {"step": result.step, "final": str(result.final)}
+def train(cfg: ToyConfig, kill_at: int = 0) -> dict:
+    """Train the toy; ``kill_at`` (tests) crashes right after the checkpoint of that step."""
+    with prepare_run(cfg, cfg.train.out, cfg.engine) as run:
+        hooks = ToyHooks(cfg, run, kill_at)
+        result = fit(run, hooks, LoopSpec(run.out / "checkpoints", max_steps=cfg.train.max_steps))
+    return {"step": result.step, "final": str(result.final), "signal": result.signal}
 
 
 TOY_TASK = Task(
@@ -105,14 +121,27 @@ def run_toy(
     batch_size: int = 8,
     shuffle: bool = True,
     grad_accum_steps: int = 1,
+    keep_last: int = 2,
 ) -> dict[str, torch.Tensor]:
     """Train the toy task through the shared loop; the final weights (read back from the checkpoint)."""
-    engine = EngineConfig(
-        device="cpu", seed=7, ckpt_every=ckpt_every, grad_accum_steps=grad_accum_steps, tensorboard=False,
-        progress=False, keep_last=2,
-    )  # fmt: skip
-    cfg = ToyConfig(ToyTrain(str(out), total_steps, batch_size, shuffle, kill_at or 0), engine)
+    cfg = toy_config(out, total_steps, ckpt_every, batch_size, shuffle, grad_accum_steps, keep_last)
     if not resume and (out / "checkpoints").exists():
         raise RuntimeError(f"{out} already holds checkpoints")
-    summary = train(cfg)
+    summary = train(cfg, kill_at or 0)
     return load_file(Path(summary["final"]) / "model_model.safetensors")
+
+
+def toy_config(
+    out: Path,
+    total_steps: int,
+    ckpt_every: int = 0,
+    batch_size: int = 8,
+    shuffle: bool = True,
+    grad_accum_steps: int = 1,
+    keep_last: int = 2,
+) -> ToyConfig:
+    engine = EngineConfig(
+        device="cpu", seed=7, ckpt_every=ckpt_every, grad_accum_steps=grad_accum_steps, tensorboard=False,
+        progress=False, keep_last=keep_last,
+    )  # fmt: skip
+    return ToyConfig(ToyTrain(str(out), total_steps, batch_size, shuffle), engine)

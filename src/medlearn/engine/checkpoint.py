@@ -12,6 +12,12 @@ Layout under ``directory``::
 A checkpoint is written into a hidden temporary folder and renamed into place, and ``LATEST`` is
 replaced atomically afterwards, so a run killed at any moment leaves either the previous or the new
 checkpoint, never a half-written one.
+
+Damage that happens later (a truncated copy, a corrupt ``state.pt``, a ``LATEST`` naming a folder
+that is gone) is caught on resume: :meth:`Checkpointer.latest` and :meth:`Checkpointer.load_latest`
+skip such a checkpoint with a warning naming the bad file and use the newest older one that is
+whole.  Retention: only the newest ``keep_last`` ``step_*`` folders are kept; tagged ones
+(``final``, ``best``, snapshots) are never pruned.
 """
 
 from __future__ import annotations
@@ -19,13 +25,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import time
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
@@ -35,6 +44,7 @@ from medlearn.errors import DataError
 log = logging.getLogger(__name__)
 
 LATEST = "LATEST"
+_STEP_NAME = re.compile(r"step_(\d+)$")
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -56,7 +66,9 @@ class Checkpointer:
         directory: folder that holds the checkpoints.
         accelerator: optional ``accelerate.Accelerator``; with several processes only the main
             process writes weights, every process writes its own RNG state.
-        keep_last: number of periodic ``step_*`` checkpoints kept (``final`` is never deleted).
+        keep_last: number of periodic ``step_*`` checkpoints kept, the newest ones; 0 keeps all.
+            Tagged checkpoints (``final``, ``best``, snapshots) are never deleted.  Keep at least 2
+            for :meth:`load_latest` to have an older checkpoint to fall back to.
     """
 
     def __init__(self, directory: str | Path, accelerator: Any | None = None, keep_last: int = 2) -> None:
@@ -113,7 +125,7 @@ class Checkpointer:
                 "extra": dict(extra or {}),
             }
             torch.save(state, tmp / "state.pt")
-            meta = {"step": step, "models": sorted(models), "time": time.time()}
+            meta = {"step": step, "models": sorted(models), "time": time.time(), "resumable": update_latest}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
             if final.exists():
                 old = self.directory / f".old-{name}-{os.getpid()}"
@@ -137,13 +149,98 @@ class Checkpointer:
             shutil.rmtree(p, ignore_errors=True)
 
     # ------------------------------------------------------------------ load
-    def latest(self) -> Path | None:
-        """Newest complete checkpoint folder, or ``None`` when there is none."""
+    def candidates(self) -> list[Path]:
+        """Checkpoint folders to resume from, best first: the one ``LATEST`` names (even when it is
+        missing), then the others newest first (never one newer than a ``LATEST`` target)."""
         marker = self.directory / LATEST
         if not marker.is_file():
-            return None
-        path = self.directory / marker.read_text().strip()
-        return path if (path / "state.pt").is_file() else None
+            return []
+        target = self.directory / marker.read_text().strip()
+        newest = _step_of(target)
+        others = [
+            p for p in self.directory.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and p != target and _resumable(p)
+        ]  # fmt: skip
+        steps = {p: _step_of(p) for p in others}
+        others = [p for p in others if newest is None or (steps[p] is not None and steps[p] <= newest)]
+        others.sort(key=lambda p: (steps[p] if steps[p] is not None else -1, p.stat().st_mtime), reverse=True)
+        return [target, *others]
+
+    def latest(self) -> Path | None:
+        """Newest whole checkpoint folder (:meth:`verify`), or ``None`` when there is none.
+
+        A damaged newer checkpoint is skipped with a warning naming the bad file.
+
+        Raises:
+            DataError: when ``LATEST`` exists but no checkpoint folder is whole.
+        """
+        problems = []
+        for path in self.candidates():
+            problem = self.verify(path)
+            if problem is None:
+                return path
+            problems.append(problem)
+            log.warning("%s; falling back to the previous checkpoint", problem)
+        if problems:
+            raise _no_usable_checkpoint(self.directory, problems)
+        return None
+
+    def verify(self, path: str | Path) -> str | None:
+        """``None`` when the checkpoint folder looks whole, else what is wrong (naming the file).
+
+        Checks that the folder and ``state.pt`` exist, that ``state.pt`` and the RNG files are
+        complete zip archives with matching CRCs, and that every ``model_*.safetensors`` has a
+        readable header that covers the whole file (a truncated copy fails).  It does not detect a
+        flipped byte inside safetensors data (the format has no checksum).
+        """
+        path = Path(path)
+        if not path.is_dir():
+            return f"checkpoint folder '{path}' (named by {self.directory / LATEST}) does not exist"
+        state = path / "state.pt"
+        if not state.is_file():
+            return f"checkpoint '{path}' is incomplete (no state.pt)"
+        for f in [state, *sorted(path.glob("rng_rank*.pt"))]:
+            problem = _zip_problem(f)
+            if problem:
+                return f"checkpoint file '{f}' is damaged ({problem})"
+        for f in sorted(path.glob("model_*.safetensors")):
+            try:
+                with safe_open(str(f), "pt"):
+                    pass
+            except (SafetensorError, OSError) as exc:
+                return f"checkpoint file '{f}' is damaged ({exc})"
+        return None
+
+    def load_latest(
+        self,
+        models: Mapping[str, nn.Module],
+        optimizers: Mapping[str, Any] | None = None,
+        schedulers: Mapping[str, Any] | None = None,
+        restore_rng: bool = True,
+        strict: bool = True,
+    ) -> tuple[Path, dict[str, Any]] | None:
+        """Load the newest whole checkpoint (see :meth:`load`); ``(folder, state)``, or ``None``
+        when the directory holds none.
+
+        A checkpoint that fails :meth:`verify` or cannot be read is skipped with a warning naming
+        the bad file, and the next older one is tried.
+
+        Raises:
+            DataError: when ``LATEST`` exists but no checkpoint can be loaded.
+        """
+        problems = []
+        for path in self.candidates():
+            problem = self.verify(path)
+            if problem is None:
+                try:
+                    return path, self.load(path, models, optimizers, schedulers, restore_rng, strict)
+                except _Damaged as exc:
+                    problem = str(exc)
+            problems.append(problem)
+            log.warning("%s; falling back to the previous checkpoint", problem)
+        if problems:
+            raise _no_usable_checkpoint(self.directory, problems)
+        return None
 
     def load(
         self,
@@ -157,31 +254,82 @@ class Checkpointer:
         """Restore state saved by :meth:`save`; returns ``{"step": int, "extra": dict}``.
 
         Raises:
-            DataError: if the folder or one of its files is missing.
+            DataError: if the folder or one of its files is missing or damaged (unreadable).
         """
         path = Path(path)
         state_file = path / "state.pt"
         if not state_file.is_file():
             raise DataError(f"checkpoint '{path}' is incomplete or missing (no state.pt)")
+        state = _read_torch(state_file)  # read everything that can be damaged before changing anything
+        rng = None
+        rng_file = path / f"rng_rank{self._rank}.pt"
+        if restore_rng and rng_file.is_file():
+            rng = _read_torch(rng_file)
+        elif restore_rng:
+            log.warning("no RNG state for rank %d in %s; continuing with current RNG", self._rank, path)
         for key, model in models.items():
             f = path / f"model_{key}.safetensors"
             if not f.is_file():
                 raise DataError(f"checkpoint '{path}' has no weights for model '{key}' ({f.name})")
-            missing, unexpected = load_model(_unwrap(model, self.accelerator), str(f), strict=strict)
+            try:
+                missing, unexpected = load_model(_unwrap(model, self.accelerator), str(f), strict=strict)
+            except SafetensorError as exc:
+                raise _Damaged(f"checkpoint file '{f}' is damaged ({exc})") from exc
             if missing or unexpected:
                 log.warning("loading %s: missing %s, unexpected %s", f, missing, unexpected)
-        state = torch.load(state_file, map_location="cpu", weights_only=False)
         for key, opt in (optimizers or {}).items():
             opt.load_state_dict(state["optimizers"][key])
         for key, sch in (schedulers or {}).items():
             sch.load_state_dict(state["schedulers"][key])
-        if restore_rng:
-            rng_file = path / f"rng_rank{self._rank}.pt"
-            if rng_file.is_file():
-                set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
-            else:
-                log.warning("no RNG state for rank %d in %s; continuing with current RNG", self._rank, path)
+        if rng is not None:
+            set_rng_state(rng)
         return {"step": int(state["step"]), "extra": state.get("extra", {})}
+
+
+class _Damaged(DataError):
+    """A checkpoint file exists but cannot be read (truncated, corrupt)."""
+
+
+def _read_torch(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ... on damage
+        raise _Damaged(f"checkpoint file '{path}' is damaged ({type(exc).__name__}: {exc})") from exc
+
+
+def _zip_problem(path: Path) -> str | None:
+    """What is wrong with a ``torch.save`` zip archive (missing end, bad CRC), or ``None``."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        return f"not a complete archive: {exc}"
+    return f"CRC mismatch in {bad}" if bad else None
+
+
+def _step_of(path: Path) -> int | None:
+    """Step of a checkpoint folder: from its ``meta.json``, else from a ``step_<N>`` name."""
+    try:
+        return int(json.loads((path / "meta.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        m = _STEP_NAME.match(path.name)
+        return int(m.group(1)) if m else None
+
+
+def _resumable(path: Path) -> bool:
+    """A folder written with ``update_latest=True`` (side checkpoints such as ``best`` are not)."""
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(meta.get("resumable", path.name != "best"))
+
+
+def _no_usable_checkpoint(directory: Path, problems: list[str]) -> DataError:
+    return DataError(
+        f"{directory}: no usable checkpoint to resume from ({'; '.join(problems)}). Move the run folder "
+        "aside (engine.on_existing_run=move_aside) or train into a new train.out"
+    )
 
 
 def load_weights(model: nn.Module, path: str | Path, name: str = "model", strict: bool = True) -> nn.Module:

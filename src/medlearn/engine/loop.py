@@ -12,7 +12,14 @@ a resumed run sees what an uninterrupted one would), run ``hooks.train_step`` in
 ``accelerator.accumulate``, count optimizer steps, keep the returned tensors on the device and
 log their means every ``engine.log_every`` steps with one host sync, validate every
 ``train.val_every`` steps and keep the best checkpoint, write atomic checkpoints, and stop
-cleanly on SIGTERM/SIGINT (exit status 143/130 is the caller's business: see :attr:`LoopResult.signal`).
+cleanly on SIGTERM/SIGINT (:attr:`LoopResult.signal`; :func:`exit_status` turns a summary with a
+``"signal"`` into the exit status 130/143 a scheduler expects).
+
+:func:`prepare_run` writes nothing: it checks ``out`` against an earlier run there
+(:mod:`medlearn.engine.run_guard`).  Provenance (``config.yaml``, ``env.json``, the config
+history) is written when training really starts (:meth:`Run.start`, called by :func:`fit`), and a
+command that fails before that leaves no new folder behind when its run is used as a context
+manager (``with prepare_run(...) as run:``).
 
 A task's hooks (subclass :class:`TrainHooks`) hold no logging, checkpoint, sampler or signal code.
 """
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -37,23 +45,40 @@ from medlearn.engine.metrics_log import MetricLogger
 from medlearn.engine.options import EngineConfig
 from medlearn.engine.progress import Progress
 from medlearn.engine.run_dir import prepare_run_dir
+from medlearn.engine.run_guard import RunCheck, check_run_folder, move_aside, record_resume
 from medlearn.engine.sampler import ResumableSampler
 from medlearn.engine.signals import GracefulStop
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EpochData", "LoopResult", "LoopSpec", "Run", "SamplerData", "TrainHooks", "fit", "prepare_run"]
+__all__ = [
+    "EpochData", "LoopResult", "LoopSpec", "Run", "SamplerData", "TrainHooks", "exit_status", "fit", "prepare_run",
+]  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- run
 @dataclass
 class Run:
-    """A run folder with its accelerator and metric log (one per training command)."""
+    """A run folder with its accelerator and metric log (one per training command).
+
+    Attributes:
+        out: the run folder; created when training starts (or by a task writing into it).
+        cfg: the config written to ``config.yaml`` by :meth:`start`.
+        check: what :func:`~medlearn.engine.run_guard.check_run_folder` found in ``out``.
+        created: ``out`` did not exist when this command began (:meth:`discard` may remove it).
+        started: :meth:`start` ran (training began; provenance is written).
+        device_info: how the accelerator describes its device (written to ``env.json``).
+    """
 
     out: Path
     accelerator: Accelerator
     engine: EngineConfig
-    logger: MetricLogger
+    cfg: Any = None
+    check: RunCheck | None = None
+    created: bool = False
+    started: bool = False
+    device_info: str | None = None
+    _logger: MetricLogger | None = field(default=None, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -63,34 +88,95 @@ class Run:
     def device(self) -> torch.device:
         return self.accelerator.device
 
+    @property
+    def logger(self) -> MetricLogger:
+        """The metric log (``<out>/metrics.jsonl``); using it starts the run (:meth:`start`)."""
+        self.start()
+        assert self._logger is not None
+        return self._logger
+
+    def start(self) -> None:
+        """Training really starts: create ``out``, record a resumed config in ``config_history``,
+        write ``config.yaml`` + ``env.json`` and open the metric log.  Runs once; later calls return."""
+        if self.started:
+            return
+        self.started = True
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if self.check is not None:
+                record_resume(self.check, {"device": self.device_info})
+            prepare_run_dir(self.out, self.cfg, self.engine.seed, self.device_info, True)
+        self._logger = MetricLogger(self.out, enabled=self.is_main, tensorboard=self.engine.tensorboard)
+        self.accelerator.wait_for_everyone()
+
+    def discard(self) -> None:
+        """Remove ``out`` when this command created it and training never started (a failed command
+        leaves nothing half-written).  A folder that existed before is never touched."""
+        if self.started or not self.created or not self.is_main or not self.out.exists():
+            return
+        shutil.rmtree(self.out, ignore_errors=True)
+        log.info("removed %s: the command failed before training started", self.out)
+
     def close(self) -> None:
-        self.logger.close()
+        if self._logger is not None:
+            self._logger.close()
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            self.discard()
+        self.close()
 
     def save_snapshot(
         self, tag: str, step: int, models: Mapping[str, nn.Module], extra: Mapping[str, Any]
     ) -> Path:
         """A named checkpoint of ``models`` + ``extra`` under ``<out>/checkpoints/<tag>`` that moves
         ``LATEST`` (for state between loops, e.g. the end of a continual-learning phase)."""
+        self.start()
         return Checkpointer(self.out / "checkpoints", self.accelerator, keep_last=0).save(
             step, models, extra=extra, tag=tag
         )
 
     def load_snapshot(self, models: Mapping[str, nn.Module]) -> dict[str, Any] | None:
-        """Load the newest ``<out>/checkpoints`` snapshot into ``models``; its ``extra``, or None."""
+        """Load the newest whole ``<out>/checkpoints`` snapshot into ``models``; its ``extra``, or None.
+
+        A damaged snapshot is skipped with a warning for the previous one (:meth:`Checkpointer.load_latest`).
+        """
         ckpt = Checkpointer(self.out / "checkpoints", self.accelerator, keep_last=0)
-        latest = ckpt.latest()
-        if latest is None:
+        found = ckpt.load_latest(models, restore_rng=False)
+        if found is None:
             return None
-        log.info("resuming from %s", latest)
-        return ckpt.load(latest, models, restore_rng=False)["extra"]
+        log.info("resuming from %s", found[0])
+        return found[1]["extra"]
 
 
 def prepare_run(cfg: Any, out: str | Path, engine: EngineConfig, find_unused_parameters: bool = False) -> Run:
-    """Build the accelerator, write ``config.yaml`` + ``env.json`` into ``out`` and open the metric log."""
+    """Check ``out`` against an earlier run there and build the accelerator; writes nothing yet.
+
+    The check (:func:`~medlearn.engine.run_guard.check_run_folder`) runs before anything is
+    touched and raises one :class:`~medlearn.errors.ConfigError` naming the changed keys when
+    ``cfg`` changes the meaning of the run in ``out``.  With ``engine.on_existing_run=move_aside``
+    the earlier run is renamed to ``<out>.old-<time>``.  ``config.yaml``, ``env.json`` and the
+    metric log are written by :meth:`Run.start` when training starts.
+    """
+    out = Path(out)
+    check = check_run_folder(out, cfg, engine.on_existing_run)
     accelerator = build_accelerator(engine, find_unused_parameters=find_unused_parameters)
-    path = prepare_run_dir(out, cfg, engine.seed, describe_device(accelerator), accelerator.is_main_process)
-    logger = MetricLogger(path, enabled=accelerator.is_main_process, tensorboard=engine.tensorboard)
-    return Run(path, accelerator, engine, logger)
+    if check.move_aside and accelerator.is_main_process:
+        move_aside(out)
+    accelerator.wait_for_everyone()
+    device = describe_device(accelerator)
+    return Run(out, accelerator, engine, cfg, check, created=not out.exists(), device_info=device)
+
+
+def exit_status(summary: Mapping[str, Any]) -> int:
+    """Process exit status of a training command from its summary: 0, or 128 + the signal number
+    when ``summary["signal"]`` says a signal stopped it (130 for SIGINT, 143 for SIGTERM), so a
+    scheduler can tell a stopped run from a finished one."""
+    signum = summary.get("signal")
+    return 128 + int(signum) if signum else 0
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -280,15 +366,16 @@ def fit(run: Run, hooks: TrainHooks, spec: LoopSpec) -> LoopResult:
     best_ckpt = Checkpointer(spec.best_dir, acc, keep_last=0) if spec.best_dir else None
     better = (lambda a, b: a < b) if spec.mode == "min" else (lambda a, b: a > b)
 
-    # ---- resume
+    # ---- resume (from the newest whole checkpoint: a damaged one is skipped with a warning)
     step, epoch, pos, best = 0, 0, 0, None
-    latest = ckpt.latest() if spec.resume else None
-    if latest is not None:
-        state = ckpt.load(latest, hooks.models, hooks.optimizers, hooks.schedulers)
+    found = ckpt.load_latest(hooks.models, hooks.optimizers, hooks.schedulers) if spec.resume else None
+    if found is not None:
+        latest, state = found
         loop = state["extra"].get("loop", {})
         step, epoch, pos, best = state["step"], loop.get("epoch", 0), loop.get("pos", 0), loop.get("best")
         hooks.load_state_dict(state["extra"].get("task", {}))
         log.info("resumed from %s (step %d, epoch %d, batch %d)", latest, step, epoch, pos)
+    run.start()  # provenance is written once the data, models and state are in place
 
     def save(tag: str | None = None) -> Path:
         extra = {"loop": {"epoch": epoch, "pos": pos, "best": best}, "task": hooks.state_dict()}

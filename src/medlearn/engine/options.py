@@ -7,6 +7,8 @@ from typing import Literal, get_args
 
 Precision = Literal["fp32", "bf16", "fp16", "no"]
 Device = Literal["auto", "cpu", "cuda"]
+OnExistingRun = Literal["resume", "move_aside"]
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)[:3]
 DEVICES: tuple[str, ...] = get_args(Device)
 
@@ -24,13 +26,24 @@ class EngineConfig:
         seed: seed of every random generator (python, numpy, torch, data order).
         log_every: optimizer steps between metric log lines.
         ckpt_every: optimizer steps between periodic checkpoints; 0 = only the final one.
-        keep_last: periodic checkpoints kept on disk (older ones are deleted).
+        keep_last: periodic ``step_*`` checkpoints kept on disk, the newest ones (older ones are
+            deleted); 0 keeps all.  ``final``, ``best`` and snapshots are never deleted.  With 2 or
+            more, a damaged newest checkpoint leaves an older one to resume from.
         progress: show a progress bar (falls back to log lines without a terminal).
         tensorboard: also write TensorBoard events when the package is installed.
-        compile: wrap models with ``torch.compile``.
+        compile: ``torch.compile`` the task's networks (in place; checkpoints are unchanged). Each
+            task says what it compiles in its guide (MRSI: the generator, not the critic, whose
+            gradient penalty needs a double backward).
+        compile_mode: ``torch.compile`` mode: ``default``, ``reduce-overhead`` (CUDA graphs, small
+            batches on a GPU), ``max-autotune`` or ``max-autotune-no-cudagraphs``.
         num_workers: data-loader worker processes.
         num_threads: torch intra-op CPU threads for this process; 0 keeps torch's default. On a
             shared or small CPU machine 1 avoids oversubscription (often many times faster).
+        on_existing_run: what a training command does when ``train.out`` already holds a run with
+            checkpoints: ``resume`` (default) continues it when the configs differ only in keys that
+            are safe to change (:data:`medlearn.engine.run_guard.SAFE_ON_RESUME`) and refuses
+            otherwise, naming the keys; ``move_aside`` renames the old folder to
+            ``<out>.old-<time>`` and starts afresh.
     """
 
     device: Device = "auto"
@@ -44,8 +57,10 @@ class EngineConfig:
     progress: bool = True
     tensorboard: bool = True
     compile: bool = False
+    compile_mode: CompileMode = "default"
     num_workers: int = 0
     num_threads: int = 0
+    on_existing_run: OnExistingRun = "resume"
 
     def __post_init__(self) -> None:
         from medlearn.errors import ConfigError
@@ -60,5 +75,9 @@ class EngineConfig:
             raise ConfigError(f"engine.grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
         if self.grad_clip < 0:
             raise ConfigError(f"engine.grad_clip must be >= 0, got {self.grad_clip}")
+        if self.on_existing_run not in get_args(OnExistingRun):
+            raise ConfigError(
+                f"engine.on_existing_run='{self.on_existing_run}' is not one of resume, move_aside"
+            )
         if self.num_threads < 0:
             raise ConfigError(f"engine.num_threads must be >= 0 (0 = torch default), got {self.num_threads}")
