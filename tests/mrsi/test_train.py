@@ -123,3 +123,36 @@ def build_models_pair(cfg_a, cfg_b):
     b, _ = build_models(cfg_b, (16, 16))
     b.load_state_dict(a.state_dict())
     return (a, b), None
+
+
+def _files(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+GUARD = [*SMALL, "data.metabolites=[NAA]", "train.batch_size=2", "adversarial.enabled=false"]
+
+
+def test_training_into_a_run_of_another_model_is_refused_before_anything_is_written(
+    tiny_cfg, tmp_path
+) -> None:
+    """Formerly: config.yaml overwritten, then a raw 'size mismatch' from load_state_dict."""
+    out = tmp_path / "run"
+    train(tiny_cfg(*GUARD, "train.max_steps=2", f"train.out={out}"))
+    before = _files(out)
+    with pytest.raises(ConfigError, match=r"model\.base_width \(2 -> 4\)") as err:
+        train(tiny_cfg(*GUARD, "train.max_steps=2", "model.base_width=4", f"train.out={out}"))
+    assert "train.out" in str(err.value) and "engine.on_existing_run=move_aside" in str(err.value)
+    assert _files(out) == before  # config.yaml, splits, metrics and checkpoints untouched
+
+
+def test_a_safe_change_resumes_the_mrsi_run_and_is_recorded(tiny_cfg, tmp_path) -> None:
+    import json
+
+    out = tmp_path / "run"
+    first = train(tiny_cfg(*GUARD, "train.max_steps=2", f"train.out={out}"))
+    more = train(tiny_cfg(*GUARD, "train.max_steps=3", f"train.out={out}"))
+    assert first["steps"] == 2 and more["steps"] == 3 and more["signal"] is None
+    (entry,) = [json.loads(line) for line in (out / "config_history.jsonl").read_text().splitlines()]
+    assert entry["changed"] == {"train.max_steps": [2, 3]}
+    assert "max_steps: 2" in (out / entry["previous"]).read_text()
+    assert "max_steps: 3" in (out / "config.yaml").read_text()
