@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from medlearn.config import to_dict
 from medlearn.engine import backward_and_step, build_scheduler, seed_everything
+from medlearn.engine.compile import compile_modules
 from medlearn.engine.loop import LoopSpec, Run, TrainHooks, fit, prepare_run
 from medlearn.engine.parameters import count_parameters
 from medlearn.itl.config import ITLConfig
@@ -170,6 +171,7 @@ def train(
     strategy = STRATEGIES.build(name)
     seed_everything(seed)
     model = build_model(cfg.model, cfg.data.context).to(device)
+    compile_modules(cfg.engine, model.encoder, model.target_decoder, model.source_decoder)
     init_state = copy.deepcopy(model.state_dict())
     n_params = count_parameters(model)
     memory = ExemplarMemory(cfg.train.memory_per_site, cfg.train.selection)

@@ -258,7 +258,5 @@ def validate(cfg: MamaConfig) -> None:
         raise ConfigError(f"train.max_steps must be >= 1, got {cfg.train.max_steps}")
     if len(cfg.optim.betas) != 2:
         raise ConfigError(f"optim.betas must have two values, got {cfg.optim.betas}")
-    if cfg.engine.compile:
-        raise ConfigError("engine.compile=true is not supported by `mama train` yet (set it to false)")
     if cfg.model.image.image_size < 1:
         raise ConfigError(f"model.image.image_size must be positive, got {cfg.model.image.image_size}")

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, default_collate
 
 from medlearn.engine import ResumableSampler, backward_and_step, build_scheduler, seed_everything
+from medlearn.engine.compile import compile_modules
 from medlearn.engine.loop import LoopSpec, Run, TrainHooks, fit, prepare_run
 from medlearn.errors import ConfigError
 from medlearn.mrsi.config import MRSIConfig
@@ -340,6 +341,7 @@ class MRSIHooks(TrainHooks):
         )
         self.data = MetaboliteBatches(train_ds, cfg, acc.process_index, acc.num_processes)
         nets = _make_nets(cfg, train_ds.grid, len(self.data))
+        compile_modules(cfg.engine, nets.gen)  # not the critic: its gradient penalty is a double backward
         if nets.critic is not None:
             nets.gen, nets.critic, nets.opt_g, nets.opt_d = acc.prepare(
                 nets.gen, nets.critic, nets.opt_g, nets.opt_d
