@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from safetensors.torch import load_file
 
 from medlearn.engine import read_metrics

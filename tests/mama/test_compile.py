@@ -35,7 +35,9 @@ def test_compiled_step_equals_eager(tmp_path):
     compiled, w_comp = _one_step(tiny_config(tmp_path / "c", *common, "engine.compile=true"), data)
     assert w_eager.keys() == w_comp.keys()  # in-place compile: checkpoint names unchanged
     for k in ("loss", "clip", "nt_xent", "sla_t2i"):
-        torch.testing.assert_close(compiled[k], eager[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+        torch.testing.assert_close(
+            compiled[k], eager[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}"
+        )
     # Some biases get no gradient at all: attention key biases (softmax ignores a shift shared by
     # all keys) and biases right before a BatchNorm.  Adam turns their round-off gradients into
     # full-size steps, so eager and compiled may differ there, by at most one step (2 lr).
