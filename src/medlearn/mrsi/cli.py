@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from medlearn.cli_common import add_config_args, load_task_config
-from medlearn.errors import ConfigError, DataError, MedlearnError
+from medlearn.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -32,40 +32,11 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_dataset(cfg: Any) -> dict[str, Any]:
-    """Validate every patient of ``cfg.data`` (files, shapes, NaNs, geometry) and the split.
-
-    Returns ``{"patients": [...], "errors": {pid: message}, "slices": int, "split": {...}}``;
-    never raises for a single bad patient (all problems are collected).
-    """
-    from medlearn.mrsi.data import list_patients, load_patient
-    from medlearn.mrsi.train import load_split
-
-    d = cfg.data
-    ids = list_patients(d.root, d.layout)
-    errors: dict[str, str] = {}
-    slices = 0
-    grids = set()
-    for pid in ids:
-        try:
-            p = load_patient(d.root, pid, d.layout, d.metabolites, d.conc_kind)
-            slices += p.n_slices
-            grids.add(p.grid)
-        except DataError as exc:
-            errors[pid] = str(exc)
-    if len(grids) > 1:
-        errors["<grid>"] = f"patients have different map grids: {sorted(grids)}"
-    split: dict[str, Any] = {}
-    try:
-        split = load_split(cfg)
-    except MedlearnError as exc:
-        errors["<split>"] = str(exc)
-    return {"patients": ids, "errors": errors, "slices": slices, "grids": sorted(grids), "split": split}
-
-
 def _cmd_prepare(args: argparse.Namespace) -> int:
+    from medlearn.mrsi.data.verify import CHECK_CACHE, check_dataset
+
     cfg = _load(args)
-    res = check_dataset(cfg)
+    res = check_dataset(cfg, None if args.check_only else Path(cfg.data.root) / CHECK_CACHE)
     print(
         f"{cfg.data.root}: {len(res['patients'])} patients, {res['slices']} slices, map grid(s) {res['grids']}"
     )
@@ -76,7 +47,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     if res["errors"]:
         print(f"dataset check FAILED: {len(res['errors'])} problem(s)")
         return 2
-    if args.write_splits:
+    if args.write_splits and not args.check_only:
         from medlearn.mrsi.splits import kfold_patient_splits, write_splits
 
         d = cfg.data
@@ -98,7 +69,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from medlearn.mrsi.evaluate import evaluate, find_run_config
 
     cfg = _load(args, default=find_run_config(args.checkpoint))
-    out = args.out or str(Path(args.checkpoint) / "eval")
+    out = args.out or str(Path(args.checkpoint) / "eval" / (args.split or cfg.eval.split))
     summary = evaluate(args.checkpoint, out, cfg, split=args.split, device=args.device)
     print((Path(out) / "summary.md").read_text())
     print(f"parameters: {summary['parameters']:,}; tables and figures in {out}")
@@ -140,7 +111,8 @@ def add_verbs(sub: argparse._SubParsersAction) -> None:
         "prepare", help="check a dataset (files, shapes, NaN, geometry, split) without training"
     )
     add_config_args(p)
-    p.add_argument("--check-only", action="store_true", help="only validate (the default; nothing is cached)")
+    p.add_argument("--check-only", action="store_true",
+                   help="read and validate every patient and the split; write nothing (no check cache, no splits)")  # fmt: skip
     p.add_argument("--write-splits", default=None, metavar="JSON", help="also write the k-fold splits here")
     p.set_defaults(func=_cmd_prepare)
 
@@ -151,7 +123,7 @@ def add_verbs(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="PSNR/SSIM per n and lambda, sharpness, tables and figures")
     add_config_args(p)
     p.add_argument("--checkpoint", required=True, help="run folder, checkpoint folder or .safetensors")
-    p.add_argument("--out", default=None, help="output folder (default <checkpoint>/eval)")
+    p.add_argument("--out", default=None, help="output folder (default <checkpoint>/eval/<split>)")
     p.add_argument("--split", default=None, choices=["train", "val", "test"])
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_evaluate)

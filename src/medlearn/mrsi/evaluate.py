@@ -44,6 +44,7 @@ __all__ = [
     "score_item",
     "summarise",
     "super_resolve",
+    "trained_sharpness_range",
 ]
 
 
@@ -89,13 +90,31 @@ def _weights_dir(checkpoint: Path) -> Path:
     )
 
 
+def trained_sharpness_range(cfg: Any) -> tuple[float, float]:
+    """(lowest, highest) sharpness lambda a run trained with, from its ``MRSIConfig``.
+
+    Non-adversarial: (0, 0).  ``adversarial.fixed_lambda``: that value twice.  Otherwise
+    [lambda_low, lambda_low + lambda_span], extended down to 0 when ``zero_fraction`` > 0 (those
+    draws are lambda = 0).
+    """
+    a = cfg.adversarial
+    if not a.enabled:
+        return (0.0, 0.0)
+    if a.fixed_lambda is not None:
+        return (float(a.fixed_lambda), float(a.fixed_lambda))
+    low = float(a.lambda_low)
+    return (min(0.0, low) if a.zero_fraction > 0 else low, low + float(a.lambda_span))
+
+
 def load_generator(
     checkpoint: str | Path, device: torch.device | str = "cpu"
 ) -> tuple[nn.Module, MRSIConfig]:
     """Rebuild the generator of a run from its ``config.yaml`` and load the weights (eval mode).
 
     The generator is switched to per-sample conditioning, which computes the same function as the
-    reference per-batch grouping and accepts mixed batches.
+    reference per-batch grouping and accepts mixed batches.  Its ``sharpness_range`` attribute
+    holds the trained lambda range (:func:`trained_sharpness_range`), which
+    the predict functions check requests against.
     """
     from medlearn.mrsi.train import build_models
 
@@ -103,10 +122,12 @@ def load_generator(
     if not checkpoint.exists():
         raise DataError(f"checkpoint '{checkpoint}' does not exist")
     cfg = load_config(MRSIConfig, find_run_config(checkpoint))
+    trained = trained_sharpness_range(cfg)
     cfg.adversarial.enabled = False
     gen, _ = build_models(cfg, (0, 0))  # the grid only sizes the critic, not built here
     load_weights(gen, _weights_dir(checkpoint), "generator")
     gen.per_sample = True
+    gen.sharpness_range = trained
     return gen.to(device).eval(), cfg
 
 

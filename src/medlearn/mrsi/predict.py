@@ -16,6 +16,7 @@ arrays; both paths share :func:`check_geometry`.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medlearn.errors import DataError
+from medlearn.errors import ConfigError, DataError
 from medlearn.io import read_nifti, write_nifti
 from medlearn.mrsi.constants import METABOLITE_ALIASES, METABOLITES, MRI_FACTOR
 from medlearn.mrsi.kspace import centered_fft2, centered_ifft2
@@ -35,6 +36,7 @@ __all__ = [
     "InputNames",
     "MRSIPredictor",
     "check_geometry",
+    "check_sharpness",
     "half_window",
     "load_mrsi",
     "metabolite_from_name",
@@ -69,6 +71,37 @@ def zero_fill(small: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return img.numpy().transpose(1, 2, 0).astype(np.float32)
 
 
+def check_sharpness(
+    value: float, trained_range: tuple[float, float] | None, allow_extrapolation: bool = False
+) -> float:
+    """Refuse a sharpness lambda outside the range the model was trained on.
+
+    Args:
+        value: the requested lambda.
+        trained_range: (lowest, highest) trained lambda (:func:`~medlearn.mrsi.evaluate.trained_sharpness_range`); None
+            (a model without a run config) checks only that ``value`` is finite.
+        allow_extrapolation: warn with the range instead of refusing (no check: the reference).
+    Returns:
+        ``value`` as a float.
+    Raises:
+        ConfigError: ``value`` is not finite, or outside ``trained_range`` without ``allow_extrapolation``.
+    """
+    value = float(value)
+    if not math.isfinite(value):
+        raise ConfigError(f"sharpness must be a finite number, got {value}")
+    if trained_range is None:
+        return value
+    lo, hi = (float(v) for v in trained_range)
+    tol = 1e-9 * max(1.0, abs(lo), abs(hi))
+    if lo - tol <= value <= hi + tol:
+        return value
+    msg = f"sharpness {value:g} is outside the lambda range this model was trained on, [{lo:g}, {hi:g}]"
+    if not allow_extrapolation:
+        raise ConfigError(msg + "; pick a value in that range (0 = smoothest)")
+    log.warning("%s: the output is an extrapolation", msg)
+    return value
+
+
 @torch.no_grad()
 def predict_volume(
     gen: nn.Module,
@@ -80,6 +113,7 @@ def predict_volume(
     lam: float,
     mask: np.ndarray | None = None,
     batch_size: int = 16,
+    allow_extrapolation: bool = False,
 ) -> np.ndarray:
     """Super-resolve every slice of a volume.
 
@@ -88,9 +122,13 @@ def predict_volume(
         t1, flair: (3H, 3W, 3S) MRI volumes.
         met: metabolite id; n: window half-size (low-resolution matrix 2n); lam: sharpness.
         mask: optional (H, W, S) quality mask (non-zero = keep).
+        allow_extrapolation: accept a ``lam`` outside the generator's trained range (its
+            ``sharpness_range`` attribute, set by :func:`~medlearn.mrsi.evaluate.load_generator`)
+            with a warning instead of a :class:`ConfigError` (:func:`check_sharpness`).
     Returns:
         (H, W, S) float32 in the units of ``lr_map``.
     """
+    lam = check_sharpness(lam, getattr(gen, "sharpness_range", None), allow_extrapolation)
     h, w, s = lr_map.shape
     f = MRI_FACTOR
     dev = next(gen.parameters()).device
@@ -207,13 +245,17 @@ def predict_file(
     lowres_matrix: int,
     sharpness: float = 0.0,
     mask_path: str | Path | None = None,
+    allow_extrapolation: bool = False,
 ) -> Path:
     """Read the NIfTI inputs, super-resolve, write ``out_path`` with the map's geometry.
 
     Raises:
         DataError: missing/corrupt files, odd ``lowres_matrix``, or inputs whose shapes do not fit
             (:func:`check_geometry`).
+        ConfigError: ``sharpness`` outside the trained range (:func:`check_sharpness`), checked
+            before any file is read.
     """
+    check_sharpness(sharpness, getattr(gen, "sharpness_range", None), allow_extrapolation)
     n = half_window(lowres_matrix, "--lowres-matrix")
     met = metabolite_from_name(metabolite)
     lr = read_nifti(map_path, expect_ndim=3)
@@ -229,7 +271,8 @@ def predict_file(
         data = zero_fill(data, grid[:2])
         affine = _map_affine_from_mri(t1.affine)
     mask = None if mvol is None else mvol.data
-    sr = predict_volume(gen, data, t1.data, flair.data, met, n, sharpness, mask)
+    sr = predict_volume(gen, data, t1.data, flair.data, met, n, sharpness, mask,
+                        allow_extrapolation=allow_extrapolation)  # fmt: skip
     return write_nifti(out_path, sr.astype(np.float32), affine)
 
 
@@ -250,12 +293,15 @@ def predict_folder(
     lowres_matrix: int,
     sharpness: float = 0.0,
     mask_path: str | Path | None = None,
+    allow_extrapolation: bool = False,
 ) -> list[Path]:
     """Batch mode: every ``<met>.nii[.gz]`` in ``map_dir`` (metabolite from the file name) -> ``out_dir``.
 
     Raises:
         DataError: when the folder holds no map with a known metabolite name.
+        ConfigError: ``sharpness`` outside the trained range (:func:`check_sharpness`).
     """
+    check_sharpness(sharpness, getattr(gen, "sharpness_range", None), allow_extrapolation)
     map_dir = Path(map_dir)
     files = sorted(p for p in map_dir.iterdir() if p.name.endswith((".nii", ".nii.gz")))
     jobs = []
@@ -279,6 +325,7 @@ def predict_folder(
             lowres_matrix,
             sharpness,
             mask_path,
+            allow_extrapolation,
         )
         for p in jobs
     ]
