@@ -105,7 +105,6 @@ def test_logit_scale_clamp_and_the_reference_without_it():
         ("model.heads.sentence_batchnorm=none", "sentence_batchnorm"),
         ("model.image.patch_tokens=cls", "patch_tokens"),
         ("loss.typo=1", "typo"),
-        ("engine.compile=true", "compile"),
         ("loss.clip=false", "late_loss"),
     ],
 )
