@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= runs/demo
 DEMO_ARGS ?=
 
-.PHONY: demo test lint venv clean bench
+.PHONY: demo test lint venv clean bench browser
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet "$(TORCH_SPEC)"
-	$(PIP) install --quiet -e ".[dev]"
+	$(PIP) install --quiet -e ".[dev,synth]"
 	@# tests/test_wheel.py builds the wheel offline (no build isolation): setuptools >= 70.1 (bdist_wheel built in) must be in .venv
 	@$(PY) -c "import setuptools.command.bdist_wheel" 2>/dev/null || $(PIP) install --quiet "setuptools>=70.1"
 	@touch $(STAMP)
@@ -31,8 +31,23 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-test: $(STAMP) lint
-	$(VENV)/bin/python -m pytest -q tests
+# tests/report/test_browser.py renders a report in headless Chromium, a system package: installed
+# here (apt-get, as root) when no Chromium is found, never by a test; nothing happens when present.
+CHROMIUM_FOUND = command -v chromium || command -v chromium-browser || command -v google-chrome
+browser:
+	@($(CHROMIUM_FOUND)) >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium for the report test (apt-get)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "make test needs Chromium (tests/report/test_browser.py): install the 'chromium' package as root" >&2; \
+	    exit 1; \
+	  fi; }
+
+# MEDLEARN_REQUIRE_BROWSER: the browser test fails instead of skipping when Chromium is missing
+test: $(STAMP) lint browser
+	MEDLEARN_REQUIRE_BROWSER=1 $(VENV)/bin/python -m pytest -q tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

@@ -73,7 +73,7 @@ def load_templates() -> Templates:
     are used instead.
 
     Raises:
-        DataError: if nilearn is not installed.
+        DataError: if nilearn (extra ``synth``) is not installed.
     """
     import nibabel as nib
 
@@ -84,7 +84,9 @@ def load_templates() -> Templates:
         try:
             from nilearn import datasets
         except ImportError as exc:
-            raise DataError("the synthetic MRSI benchmark needs nilearn (pip install nilearn)") from exc
+            raise DataError(
+                "the synthetic MRSI benchmark needs nilearn, in the extra 'synth' (pip install 'medlearn[synth]')"
+            ) from exc
         log.info("nilearn template files not found in the package folder; using nilearn.datasets loaders")
         imgs = {
             "t1": datasets.load_mni152_template(resolution=1),
