@@ -10,23 +10,8 @@ the Python API of :mod:`medlearn.api` (``medlearn.build_model``, ``medlearn.trai
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-_API = (
-    "TASKS",
-    "ITLSegmenter",
-    "MRSIPredictor",
-    "MamaPredictor",
-    "build_model",
-    "configs_dir",
-    "list_presets",
-    "load_itl",
-    "load_mama",
-    "load_mrsi",
-    "load_predictor",
-    "load_preset",
-    "train",
-)
+from medlearn._meta import PUBLIC_API as _API
+from medlearn._meta import __version__
 
 __all__ = ["__version__", *_API]
 

@@ -26,14 +26,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medlearn import _API
+from medlearn._meta import PUBLIC_API as _API
 from medlearn.config import configs_dir as configs_dir  # re-exported: where named presets are found
 from medlearn.config import list_presets as _list_presets
 from medlearn.config import load_config, resolve_preset
 from medlearn.errors import ConfigError
 from medlearn.tasks import Task, get_task, registered_tasks, run_folder
 
-__all__ = list(_API)  # the one list of public names lives in medlearn/__init__.py
+__all__ = list(_API)  # the one list of public names lives in medlearn/_meta.py
 
 # Names kept for code written before the predictors moved into their tasks: name -> module.
 _MOVED = {

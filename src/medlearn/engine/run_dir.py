@@ -58,7 +58,7 @@ def git_revision(cwd: str | Path | None = None) -> str | None:
 
 def medlearn_version() -> str:
     """The version of the installed ``medlearn`` distribution, else ``medlearn.__version__``."""
-    from medlearn import __version__
+    from medlearn._meta import __version__
 
     return _version("medlearn") or __version__
 
