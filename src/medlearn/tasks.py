@@ -14,9 +14,7 @@ Everything except ``name``, ``help``, ``schema`` and ``train`` is optional: a ta
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,19 +91,6 @@ def get_task(name: str) -> Task:
     return tasks[name]
 
 
-def run_folder_key(schema: type) -> str:
-    """The dotted config key of the run folder: ``train.out``, or ``out`` in a schema that keeps it
-    at the top level (the older layout of the itl and mama configs)."""
-    train = typing.get_type_hints(schema).get("train")
-    if isinstance(train, type) and dataclasses.is_dataclass(train):
-        if "out" in {f.name for f in dataclasses.fields(train)}:
-            return "train.out"
-    return "out"
-
-
 def run_folder(cfg: Any) -> Path:
-    """The run folder of a loaded task config (the value of :func:`run_folder_key`)."""
-    node = cfg
-    for part in run_folder_key(type(cfg)).split("."):
-        node = getattr(node, part)
-    return Path(node)
+    """The run folder of a loaded task config: ``train.out`` (the same key in every task)."""
+    return Path(cfg.train.out)

@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from medlearn.config import resolve_preset
 from medlearn.engine import read_metrics, seed_everything
-from medlearn.mama.cli import preset_path
 from medlearn.mama.modeling.export import load_checkpoint
 from medlearn.mama.modeling.losses import mama_loss
 from medlearn.mama.modeling.model import MamaModel
@@ -117,9 +117,9 @@ def test_presets_load():
     from medlearn.mama.config import MamaConfig
 
     for name in ("paper", "small", "tiny", "demo"):
-        cfg = load_config(MamaConfig, preset_path(name))
+        cfg = load_config(MamaConfig, resolve_preset("mama", name))
         assert cfg.train.max_steps > 0
-    paper = load_config(MamaConfig, preset_path("paper"))
+    paper = load_config(MamaConfig, resolve_preset("mama", "paper"))
     assert (paper.optim.lr, paper.optim.warmup_steps, paper.train.max_steps, paper.loss.late_loss) == (
         4e-5,
         4000,

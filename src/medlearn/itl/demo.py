@@ -105,7 +105,6 @@ def run_demo(out: Path, report: Any, fresh: bool) -> dict[str, Any]:
     from medlearn.itl.data import prepare_dataset
     from medlearn.itl.synth import make_benchmark
     from medlearn.itl.train import train as run_sequence
-    from medlearn.tasks import run_folder_key
 
     cfg_path = resolve_preset("itl", "demo")
     out = Path(out)
@@ -123,9 +122,8 @@ def run_demo(out: Path, report: Any, fresh: bool) -> dict[str, Any]:
         data = None
         for strategy in DEMO_STRATEGIES:
             run = out / strategy
-            out_key = run_folder_key(ITLConfig)
             cfg = load_config(
-                ITLConfig, cfg_path, [f"data.root={root}", f"{out_key}={run}", f"train.strategy={strategy}"]
+                ITLConfig, cfg_path, [f"data.root={root}", f"train.out={run}", f"train.strategy={strategy}"]
             )
             if data is None:
                 data = prepare_dataset(cfg.data)

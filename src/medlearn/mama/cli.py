@@ -9,18 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 from medlearn.cli_common import add_config_args, load_task_config
-from medlearn.config import resolve_preset
 
 log = logging.getLogger(__name__)
-
-
-def preset_path(name: str) -> Path:
-    """The YAML file of mama preset ``name`` (:func:`medlearn.config.resolve_preset`; kept for callers)."""
-    return resolve_preset("mama", name)
 
 
 def _load(args: argparse.Namespace) -> Any:

@@ -58,7 +58,6 @@ def run_demo(out: Path, report: Any, fresh: bool) -> dict[str, Any]:
     from medlearn.mama.data.prepare import PrepareConfig, prepare_dataset
     from medlearn.mama.data.synth import SynthConfig, generate
     from medlearn.mama.train import train
-    from medlearn.tasks import run_folder_key
 
     out = Path(out)
     t0 = time.time()
@@ -70,9 +69,8 @@ def run_demo(out: Path, report: Any, fresh: bool) -> dict[str, Any]:
     if fresh or not (prep_dir / "table.csv").is_file():
         prepare_dataset(prep_dir, embed_dir=synth_dir / "embed", cfg=PrepareConfig(long_side=128))
     t_data = time.time() - t0
-    out_key = run_folder_key(MamaConfig)
     cfg = load_config(
-        MamaConfig, resolve_preset("mama", "demo"), [f"{out_key}={run_dir}", f"data.prepared_dir={prep_dir}"]
+        MamaConfig, resolve_preset("mama", "demo"), [f"train.out={run_dir}", f"data.prepared_dir={prep_dir}"]
     )
     if fresh and run_dir.exists():
         import shutil
