@@ -80,12 +80,13 @@ def _yaml_value(value: Any) -> str:
     return json.dumps(str(value) if isinstance(value, Path) else value)
 
 
-def load_preset(task: str, preset: str | Path = "tiny", overrides: Sequence[str] = ()) -> Any:
+def load_preset(task: str, preset: str | Path | None = "tiny", overrides: Sequence[str] = ()) -> Any:
     """The typed config of ``task`` from a preset name (or YAML path) and dotted overrides.
 
     Args:
         task: a registered task (``mrsi``, ``itl``, ``mama``).
-        preset: a preset name (``paper``, ``small``, ``tiny``, ``demo``) or a YAML path.
+        preset: a preset name (``paper``, ``small``, ``tiny``, ``demo``) or a YAML path; None =
+            the schema's defaults.
         overrides: ``key=value`` strings as on the command line (``"train.epochs=1"``).
     Returns:
         The task's config dataclass (``MRSIConfig``, ``ITLConfig``, ``MamaConfig``).
@@ -97,7 +98,8 @@ def load_preset(task: str, preset: str | Path = "tiny", overrides: Sequence[str]
         4
     """
     t = get_task(task)
-    return load_config(t.schema, resolve_preset(t.name, preset), list(overrides))
+    path = None if preset is None else resolve_preset(t.name, preset)
+    return load_config(t.schema, path, list(overrides))
 
 
 def build_model(
@@ -127,7 +129,7 @@ def build_model(
     return build(load_preset(t.name, preset, [*overrides, *extra])).eval()
 
 
-def train(task: str, preset: str | Path = "tiny", overrides: Sequence[str] = ()) -> Path:
+def train(task: str, preset: str | Path | None = "tiny", overrides: Sequence[str] = ()) -> Path:
     """Run the task's training entry point on a preset; returns the run folder (``train.out``).
 
     The same as ``medlearn <task> train --config <preset> key=value ...``: the run folder gets
