@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from medlearn.engine import count_parameters
 from medlearn.itl.config import STRATEGIES
 from medlearn.itl.memory import ExemplarMemory, herding
+from medlearn.itl.metrics import average_accuracy, backward_transfer, forgetting, forward_transfer
 from medlearn.itl.model import MultiSiteExpert
 from medlearn.itl.strategies import itl_loss, mix_features, site_weights
 from medlearn.itl.train import train as train_itl
@@ -199,3 +200,61 @@ def test_graceful_stop_mid_phase_then_resume(site_root, tmp_path, monkeypatch):
     b = load_file(str(tmp_path / "part" / "checkpoints" / "final" / "model_model.safetensors"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def _conflicting_sites(site_root, root):
+    """Two sites with the same anatomy and masks; BMC's images are RUNMC's with inverted intensities."""
+    import nibabel as nib
+
+    shutil.copytree(site_root / "RUNMC", root / "RUNMC")
+    (root / "BMC").mkdir()
+    for f in sorted((site_root / "RUNMC").glob("Case??.nii.gz")):
+        img = nib.load(str(f))
+        nib.save(
+            nib.Nifti1Image(-np.asarray(img.dataobj, np.float32), img.affine), str(root / "BMC" / f.name)
+        )
+        seg = f.name.replace(".nii.gz", "_segmentation.nii.gz")
+        shutil.copy(site_root / "RUNMC" / seg, root / "BMC" / seg)
+    return root
+
+
+def test_continual_metrics_follow_r_and_replay_forgets_less_than_sequential(site_root, tmp_path):
+    root = _conflicting_sites(site_root, tmp_path / "sites")
+    common = ["data.heldout=[]", "train.steps_per_phase=30", f"data.cache_dir={tmp_path / 'cache'}"]
+    res = {
+        s: train_itl(tiny_cfg(root, tmp_path / s, f"train.strategy={s}", *common))
+        for s in ("sequential", "replay")
+    }
+    for r_res in res.values():
+        r, b = np.array(r_res["R"]), np.array([r_res["baseline"][s] for s in r_res["sites"]])
+        assert r.shape == (2, 2)
+        by_hand = {  # the definitions for T = 2 (R[i, j]: Dice on site j after phase i)
+            "ACC": (r[1, 0] + r[1, 1]) / 2,
+            "BWT": r[1, 0] - r[0, 0],
+            "forgetting": r[0, 0] - r[1, 0],
+            "FWT": r[0, 1] - b[1],
+        }
+        functions = {
+            "ACC": average_accuracy(r),
+            "BWT": backward_transfer(r),
+            "forgetting": forgetting(r),
+            "FWT": forward_transfer(r, b),
+        }
+        for key, value in by_hand.items():
+            assert r_res[key] == pytest.approx(value, abs=1e-12) == functions[key], key
+    seq, rep = res["sequential"], res["replay"]
+    assert seq["R"][0] == rep["R"][0]  # the same first phase (same seed, same data)
+    assert seq["forgetting"] > 0.1, seq["R"]  # training on inverted images costs the first site
+    assert rep["forgetting"] < seq["forgetting"] - 0.1, (rep["R"], seq["R"])  # exemplars of RUNMC help
+
+
+def test_a_run_failing_on_bad_data_leaves_no_run_folder(site_root, tmp_path):
+    from medlearn.errors import DataError
+
+    root = tmp_path / "sites"
+    shutil.copytree(site_root, root)
+    (root / "BMC" / "Case01.nii.gz").write_bytes(b"not a NIfTI file")
+    out = tmp_path / "run"
+    with pytest.raises(DataError, match="Case01"):
+        train_itl(tiny_cfg(root, out, f"data.cache_dir={tmp_path / 'cache'}"))
+    assert not out.exists()  # no config.yaml / env.json of a run that never started
