@@ -1,0 +1,151 @@
+"""The one script to run when a GPU is available: the paper configuration of every task, timed
+through each task's real training path, in at most about 8 minutes, written as one markdown table.
+
+Usage (on the GPU machine, from the repository root)::
+
+    python benchmarks/gpu_suite.py                      # writes $OUT/gpu_suite.md (or benchmarks/results/)
+    python benchmarks/gpu_suite.py --cpu-smoke          # the same code path on the CPU at tiny sizes
+
+Each task's ``benchmarks/<task>_speed.py`` provides ``bench(config, steps, device, precision,
+overrides) -> dict`` (samples/s, it/s, peak memory, task extras); this script only chooses the
+configurations, runs them one after another, compares with the targets of the specs and writes
+the table.  Towers that the paper loads from a hub are built with random weights of the same
+shape (``name: random`` + the published architecture), because the GPU machine has no network:
+speed does not depend on the weights.  Without a GPU (and without ``--cpu-smoke``) it prints
+``no GPU: skipped`` and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+# The published architectures, built with random weights (no hub on the GPU machine).
+MAMA_PAPER_TOWERS = [
+    "model.image.name=random",
+    "model.image.arch={hidden_size: 768, num_hidden_layers: 12, num_attention_heads: 12, "
+    "intermediate_size: 3072, patch_size: 14, num_register_tokens: 4}",
+    "model.text.name=random",
+    "model.text.arch={model_type: gpt2, n_embd: 2560, n_layer: 32, n_head: 20, n_positions: 1024, "
+    "vocab_size: 28896}",
+]
+
+# (task, bench keyword arguments on a GPU, the same on the CPU smoke run, targets)
+PLAN = [
+    ("mama", {"config": "paper", "steps": 20, "precision": "bf16", "overrides": MAMA_PAPER_TOWERS},
+     {"config": "tiny", "steps": 4, "precision": "fp32"},
+     {"samples_per_s": 96.0, "mfu": 0.40}),
+    ("mrsi", {"config": "paper", "steps": 40, "precision": "fp32"},
+     {"config": "tiny", "steps": 4, "precision": "fp32"},
+     {"it_per_s": 11.3, "maps_per_s": 4300.0}),
+    ("itl", {"config": "paper", "steps": 40, "precision": "bf16"},
+     {"config": "tiny", "steps": 4, "precision": "fp32"},
+     {}),
+]  # fmt: skip
+
+
+def load_bench(task: str) -> ModuleType:
+    """``benchmarks/<task>_speed.py`` as a module."""
+    path = HERE / f"{task}_speed.py"
+    spec = importlib.util.spec_from_file_location(f"{task}_speed", path)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    if not hasattr(module, "bench"):
+        raise AttributeError(f"{path} has no bench() function")
+    return module
+
+
+def verdicts(row: dict, targets: dict[str, float]) -> str:
+    """``metric >= target`` for each target: ``met`` / ``NOT met`` (``-`` without targets)."""
+    if not targets:
+        return "recorded"
+    out = []
+    for key, goal in targets.items():
+        value = row.get(key)
+        out.append(
+            f"{key} {'n/a' if value is None else ('met' if value >= goal else 'NOT met')} (>= {goal:g})"
+        )
+    return "; ".join(out)
+
+
+def markdown(rows: list[dict], device: str) -> str:
+    cols = ["task", "config", "precision", "batch", "it_per_s", "samples_per_s", "peak_mem_gib", "mfu",
+            "maps_per_s", "seconds", "verdict"]  # fmt: skip
+    lines = [
+        f"# medlearn GPU suite ({device}; torch {torch.__version__}; {time.strftime('%Y-%m-%d %H:%M')})",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "| " + " | ".join("---" for _ in cols) + " |",
+    ]
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r.get(c, "")
+            cells.append(f"{v:.4g}" if isinstance(v, float) else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--out", default=os.environ.get("OUT") or str(HERE / "results"), help="folder for the table"
+    )
+    ap.add_argument("--tasks", default="mama,mrsi,itl")
+    ap.add_argument("--cpu-smoke", action="store_true", help="run the same path on the CPU at tiny sizes")
+    a = ap.parse_args(argv)
+    gpu = torch.cuda.is_available()
+    if not gpu and not a.cpu_smoke:
+        print("no GPU: skipped (run on a machine with CUDA, or pass --cpu-smoke to exercise the path)")
+        return 0
+    device = torch.cuda.get_device_name(0) if gpu else f"CPU ({os.cpu_count()} cores, {platform.machine()})"
+    wanted = set(a.tasks.split(","))
+    rows = []
+    for task, gpu_kw, cpu_kw, targets in PLAN:
+        if task not in wanted:
+            continue
+        kw = dict(gpu_kw if gpu else cpu_kw)
+        kw["device"] = "cuda" if gpu else "cpu"
+        t0 = time.time()
+        try:
+            row = load_bench(task).bench(**kw)
+            row["verdict"] = verdicts(row, targets) if gpu else "cpu smoke (no targets)"
+        except Exception as exc:  # one task failing must not lose the others' numbers
+            traceback.print_exc()
+            row = {
+                "task": task,
+                "config": kw["config"],
+                "verdict": f"FAILED: {type(exc).__name__}: {exc}"[:200],
+            }
+        row["seconds"] = round(time.time() - t0, 1)
+        rows.append(row)
+        print(json.dumps(row, default=str), flush=True)
+        if gpu:
+            torch.cuda.empty_cache()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = "gpu_suite" if gpu else "gpu_suite_cpu_smoke"
+    (out / f"{name}.md").write_text(markdown(rows, device))
+    (out / f"{name}.json").write_text(json.dumps({"device": device, "rows": rows}, indent=2, default=str))
+    print(markdown(rows, device))
+    print(f"summary: {len(rows)} task(s) on {device}; table in {out / (name + '.md')}")
+    return 0 if all(not str(r.get("verdict", "")).startswith("FAILED") for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
