@@ -38,8 +38,8 @@ MAMA_PAPER_TOWERS = [
     "model.image.arch={hidden_size: 768, num_hidden_layers: 12, num_attention_heads: 12, "
     "intermediate_size: 3072, patch_size: 14, num_register_tokens: 4}",
     "model.text.name=random",
-    "model.text.arch={model_type: gpt2, n_embd: 2560, n_layer: 32, n_head: 20, n_positions: 1024, "
-    "vocab_size: 28896}",
+    # BioMedLM's shape; the vocabulary follows the tokenizer (no LM head, so its size costs nothing)
+    "model.text.arch={model_type: gpt2, n_embd: 2560, n_layer: 32, n_head: 20, n_positions: 1024}",
 ]
 
 # (task, bench keyword arguments on a GPU, the same on the CPU smoke run, targets)
