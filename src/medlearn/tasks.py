@@ -51,6 +51,20 @@ class Task:
     run_demo: Callable[..., dict[str, Any]] | None = None
 
 
+def lazy(target: str) -> Callable[..., Any]:
+    """``"package.module:function"`` as a callable that imports the module on first call, so that
+    registering a task (and ``medlearn --help``) does not import its heavy libraries."""
+    module, _, name = target.partition(":")
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__name__ = name
+    call.__qualname__ = name
+    call.__doc__ = f"``{target}``, imported on first use."
+    return call
+
+
 _REGISTRY: dict[str, Task] = {}
 
 

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 from typing import Any
 
 from medlearn.mama.config import MamaConfig
-from medlearn.tasks import Task, register_task
+from medlearn.tasks import Task, lazy, register_task
 
 HELP = "MaMA vision-language pre-training for mammography (multi-view, symmetric local alignment, LoRA LLM)"
-
-
-def train(cfg: MamaConfig) -> dict[str, Any]:
-    """Pre-train MaMA on ``cfg.data.prepared_dir`` (resumes from the run folder)."""
-    from medlearn.mama.train import train as train_mama
-
-    return train_mama(cfg)
 
 
 def build_model(cfg: MamaConfig) -> Any:
@@ -27,36 +18,15 @@ def build_model(cfg: MamaConfig) -> Any:
     return MamaModel(cfg.model, cfg.loss)
 
 
-def load_predictor(checkpoint: str | Path, device: Any = "cpu") -> Any:
-    """:class:`medlearn.mama.eval.predict.MamaPredictor` of a pre-trained run (see ``load_mama``)."""
-    from medlearn.mama.eval.predict import load_mama
-
-    return load_mama(checkpoint, device)
-
-
-def add_verbs(sub: argparse._SubParsersAction) -> None:
-    """``synth``, ``prepare``, ``train``, ``export``, ``evaluate``, ``predict`` (:mod:`medlearn.mama.cli`)."""
-    from medlearn.mama.cli import add_verbs as add
-
-    add(sub)
-
-
-def run_demo(out: Path, report: Any, fresh: bool) -> dict[str, Any]:
-    """Synthesise, prepare, pre-train, evaluate (:func:`medlearn.mama.demo.run_demo`)."""
-    from medlearn.mama.demo import run_demo as run
-
-    return run(out, report, fresh)
-
-
 TASK = register_task(
     Task(
         name="mama",
         help=HELP,
         schema=MamaConfig,
-        train=train,
+        train=lazy("medlearn.mama.train:train"),
         build_model=build_model,
-        load_predictor=load_predictor,
-        add_verbs=add_verbs,
-        run_demo=run_demo,
+        load_predictor=lazy("medlearn.mama.eval.predict:load_mama"),
+        add_verbs=lazy("medlearn.mama.cli:add_verbs"),
+        run_demo=lazy("medlearn.mama.demo:run_demo"),
     )
 )
