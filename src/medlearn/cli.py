@@ -90,9 +90,11 @@ def _cmd_show_config(task: Task, args: argparse.Namespace) -> int:
 
 
 def _cmd_train(task: Task, args: argparse.Namespace) -> int:
+    from medlearn.engine.loop import exit_status
+
     summary = task.train(load_task_config(task.name, args))
     print(json.dumps(summary, indent=2, default=str))
-    return 0
+    return exit_status(summary)  # 130/143 when SIGINT/SIGTERM stopped it
 
 
 def _cmd_task_demo(task: Task, args: argparse.Namespace) -> int:

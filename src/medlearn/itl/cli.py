@@ -59,8 +59,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = _load(args)
     res = run_sequence(cfg)
     if res.get("stopped"):
+        from medlearn.engine.loop import exit_status
+
         print(f"stopped at phase {res['phase']}, step {res['step']}; rerun the same command to resume")
-        return 0
+        return exit_status(res)  # 130/143 when SIGINT/SIGTERM stopped it
     _print_results(res)
     print(f"run folder: {run_folder(cfg)}")
     return 0

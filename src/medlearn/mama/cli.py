@@ -21,12 +21,13 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from medlearn.engine.loop import exit_status
     from medlearn.mama.train import train
 
     summary = train(_load(args))
     print(json.dumps({k: v for k, v in summary.items() if k != "metrics"}, indent=2))
     print(json.dumps(summary["metrics"], indent=2))
-    return 0
+    return exit_status(summary)  # 130/143 when SIGINT/SIGTERM stopped it
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

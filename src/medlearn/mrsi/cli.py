@@ -58,11 +58,12 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from medlearn.engine.loop import exit_status
     from medlearn.mrsi.train import train as fit
 
     summary = fit(_load(args))
     print(json.dumps(summary, indent=2, default=str))
-    return 0
+    return exit_status(summary)  # 130/143 when SIGINT/SIGTERM stopped it
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
