@@ -259,6 +259,41 @@ class CacheIndex:
             self._fh = None
 
 
+def _fail_if_nothing_readable(
+    table: pd.DataFrame,
+    ok: np.ndarray,
+    skipped: pd.DataFrame,
+    roots: list[Path],
+    cfg: PrepareConfig,
+    has_embed: bool,
+) -> None:
+    """One :class:`DataError` when a source (EMBED or RSNA) has images listed but none readable.
+
+    A wrong ``--strip-prefix`` / ``--embed-dicom-root`` makes every EMBED path miss its file; without
+    this check ``prepare`` would skip them all, exit 0 and leave the problem to ``train``.  Some
+    unreadable images among readable ones stay skips (listed in ``skipped.csv``).
+    """
+    for source in ("embed", "rsna"):
+        rows = (table["source"] == source).to_numpy()
+        if not rows.any() or ok[rows].any():
+            continue
+        first = skipped[table["source"][~ok].to_numpy() == source].iloc[0]
+        n = int(rows.sum())
+        if source == "embed":
+            root = roots[0] if has_embed else None
+            raise DataError(
+                f"prepare: none of the {n} EMBED images could be read, e.g. {first['error']}. "
+                "Each anon_dicom_path minus --strip-prefix is looked up under --embed-dicom-root: set "
+                "these two flags so that the paths reach your DICOM files (skipped.csv in the prepared "
+                f"folder lists every path tried); now --strip-prefix={cfg.strip_prefix!r}, --embed-dicom-root={root}"
+            )
+        raise DataError(
+            f"prepare: none of the {n} RSNA images could be read, e.g. {first['error']}. "
+            "--rsna must be the folder holding train.csv and train_images/<patient_id>/<image_id>.dcm "
+            f"(skipped.csv in the prepared folder lists every path tried); now --rsna={roots[-1]}"
+        )
+
+
 def prepare_dataset(
     out: str | Path,
     *,
@@ -354,6 +389,7 @@ def prepare_dataset(
         }
     )
     skipped.to_csv(out / "skipped.csv", index=False)
+    _fail_if_nothing_readable(table, ok, skipped, roots, cfg, embed_dir is not None)
     if cfg.check_only:
         report.update(
             n_images=int(ok.sum()), n_skipped=int((~ok).sum()), skipped=skipped["dicom_path"].tolist()
