@@ -84,8 +84,97 @@ def test_fit_context_keeps_the_chosen_sentence_whole():
     def fits(text):  # at most 6 words
         return len(text.replace(".", " ").split()) <= 6
 
-    text, j = L.fit_context(s, 2, fits)  # "a b c. d e. f g h i." has 9 words -> drop from the start
-    assert text == "d e. f g h i." and j == 1 and L.split_sentences(text)[j] == s[2]
-    assert L.fit_context(s, 1, fits) == ("a b c. d e.", 1)
+    # a report that fits is encoded whole, sentences after the chosen one included (as in training)
+    assert L.fit_context(s, 1, lambda t: True) == ("a b c. d e. f g h i. j.", 1)
+    text, j = L.fit_context(s, 2, fits)  # the whole report has 10 words -> drop from the start
+    assert text == "f g h i. j." and j == 0 and L.split_sentences(text)[j] == s[2]
+    assert L.fit_context(s, 1, fits) == ("d e. f g h i.", 0)  # then from the end
     assert L.fit_context(s, 2, lambda t: False) == ("f g h i.", 0)
     assert L.fit_context(s, 3, None) == ("a b c. d e. f g h i. j.", 3)
+
+
+def test_heatmap_is_the_similarity_sla_trains():
+    """Issue 13 check (a): the heatmap of sentence j is row j of the SLA similarity block of a training step
+    (same patch tokens, heads, normalisation, sign and direction), not the running-statistics variant."""
+    from medlearn.config import load_config
+    from medlearn.mama.config import MamaConfig
+    from medlearn.mama.eval.evaluate import MamaEncoder
+    from medlearn.mama.modeling.model import MamaModel
+
+    try:
+        from tests.mama.pt_fakes import TINY
+    except ImportError:
+        from pt_fakes import TINY
+    cfg = load_config(MamaConfig, TINY)
+    torch.manual_seed(0)
+    model = MamaModel(cfg.model, cfg.loss)
+    model.set_late_phase(True)
+    images = torch.randn(3, 3, 32, 32)
+    reports = [
+        "Procedure reported: MG. Findings: benign. There is an oval mass. Overall: benign.",
+        "Procedure reported: MG. Findings: suspicious. There are fine calcifications.",
+        "Procedure reported: MG. Breast composition: dense. Findings: none. Impression: negative.",
+    ]
+    enc = model.tokenizer(reports)
+    model.train()
+    model.text.eval()  # GPT-2's own dropout off, so both paths see the same token states
+    model.heads.img_local.eval()  # patches use running statistics in both paths; sentences are the question
+    with torch.no_grad():
+        out = model(images, enc["input_ids"], enc["attention_mask"], images, late=True)
+    model.eval()
+    encoder = MamaEncoder(model, "cpu")
+    for i, j in ((0, 2), (1, 2), (2, 1)):
+        (m,) = L.sentence_maps(encoder, images[i : i + 1], [reports[i]], [j])
+        trained = out["patches"][i] @ out["sentences"][i, j]  # the (i, i, :, j) slice of sla_scores' block
+        torch.testing.assert_close(m.flatten(), trained, rtol=1e-4, atol=1e-5)
+        assert L.hottest_cell(m) == np.unravel_index(int(trained.argmax()), m.shape)
+        (old,) = L.sentence_maps(encoder, images[i : i + 1], [reports[i]], [j], sentence_stats="running")
+        assert (old.flatten() - trained).abs().max() > 1e-2  # the former heatmap is a different map
+
+
+def test_chance_hit_rate_counts_cells_by_hand():
+    size, grid = (64, 64), (4, 4)  # 16-px cells
+    assert L.chance_hit_rate([(36.0, 20.0, 44.0, 28.0)], size, grid) == 1 / 16  # inside cell (2, 1)
+    assert L.chance_hit_rate([(10.0, 10.0, 20.0, 20.0)], size, grid) == 4 / 16  # touches cells (0-1, 0-1)
+    assert (
+        L.chance_hit_rate([(10.0, 10.0, 20.0, 20.0)], size, grid, mode="center") == 0.0
+    )  # no centre at 8/24
+    assert L.chance_hit_rate([(0.0, 0.0, 64.0, 64.0)], size, grid) == 1.0
+
+
+@pytest.mark.parametrize(
+    "side,view,box", [("R", "CC", (150, 90, 190, 130)), ("L", "MLO", (220, 160, 252, 192))]
+)
+def test_planted_finding_through_real_prepare_lands_in_its_box(tmp_path, side, view, box):
+    """Issue 13 check (b): a bright square at known DICOM pixels, through the prepare worker (Otsu crop, resize,
+    8-bit PNG) and the evaluation transform at 64 px, lies where its mapped ROI box says, on the same patch cells."""
+    import json
+
+    from medlearn.io.dicom_write import write_dicom_mg
+    from medlearn.mama.data.prepare import _process, load_image
+    from medlearn.mama.data.synth_image import Breast, render_view
+    from medlearn.mama.data.transforms import EvalTransform, foreground_box
+
+    img, _ = render_view(
+        Breast(side, 2, 180.0, 200.0, seed=3), view, (384, 307), 300 / 384, np.random.default_rng(0)
+    )
+    y0, x0, y1, x1 = box
+    img[y0:y1, x0:x1] = 1.0
+    src = write_dicom_mg(tmp_path / "a.dcm", np.round(img * 4095).astype(np.uint16), laterality=side, view=view,
+                         bits_stored=12)  # fmt: skip
+    opts = {"window": "voi", "crop": True, "long_side": 160, "bits": 8, "fmt": "png"}
+    info = _process((str(src), str(tmp_path / "a.png"), opts))
+    cached = load_image(tmp_path / "a.png")
+    row = {"roi_coords": json.dumps([list(box)]), **info}
+    for crop in (False, True):  # the dataset no longer re-crops prepared images; both must map right
+        x = EvalTransform(64, crop=crop)(cached)[0].numpy()
+        (b,) = L.roi_boxes_to_input(row, cached.shape, foreground_box(cached) if crop else None, 64)
+        ys, xs = np.nonzero(x > 0.95)  # only the planted square saturates
+        seen = (ys.min(), xs.min(), ys.max() + 1, xs.max() + 1)
+        np.testing.assert_allclose(b, seen, atol=1.5)  # antialiased edges: within 1.5 px at 64 px
+        cells = {(int(r) // 8, int(c) // 8) for r, c in zip(ys, xs)}
+        hot = np.zeros((8, 8))
+        for r, c in cells:  # every 8x8 cell the finding covers is a pointing-game hit for its box
+            hot[:] = 0
+            hot[r, c] = 1
+            assert L.pointing_hit(hot, [b], (64, 64))

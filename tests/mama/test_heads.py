@@ -133,3 +133,43 @@ def test_row_batch_norm_keeps_the_input_dtype(dtype):
     bn = nn.BatchNorm1d(3).train()
     x = torch.randn(2, 4, 3).to(dtype)
     assert row_batch_norm(x, torch.ones(2, 4, dtype=torch.bool), bn).dtype == dtype
+
+
+def test_batch_sentence_norm_without_boolean_indexing_matches_batchnorm_on_valid_rows():
+    """sentence_batchnorm=batch: outputs and running statistics equal nn.BatchNorm1d on the valid sentences."""
+    heads = _heads(sentence_batchnorm="batch")
+    ref = copy.deepcopy(heads.txt_local.net)
+    x = _sentences()
+    out = heads.sentence_local(x, SENT_MASK)
+    expected = ref(x[SENT_MASK])  # torch's own BatchNorm over the 9 valid sentences (train mode)
+    torch.testing.assert_close(out[SENT_MASK], expected, atol=1e-5, rtol=1e-5)
+    assert out[~SENT_MASK].abs().sum() == 0
+    for mine, theirs in zip(heads.txt_local.net, ref):
+        if isinstance(mine, nn.BatchNorm1d):
+            torch.testing.assert_close(mine.running_mean, theirs.running_mean)
+            torch.testing.assert_close(mine.running_var, theirs.running_var)
+            assert int(mine.num_batches_tracked) == int(theirs.num_batches_tracked) == 1
+
+
+def test_sentence_states_fixed_slots_by_hand():
+    from medlearn.mama.modeling.text_tower import sentence_states
+
+    hidden = torch.arange(2 * 6 * 2, dtype=torch.float32).reshape(2, 6, 2)
+    is_sep = torch.tensor([[0, 1, 0, 1, 1, 0], [1, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    out, mask = sentence_states(hidden, is_sep, max_sentences=4)
+    assert out.shape == (2, 4, 2) and mask.tolist() == [
+        [True, True, True, False],
+        [True, False, False, False],
+    ]
+    torch.testing.assert_close(out[0, :3], hidden[0, [1, 3, 4]])
+    torch.testing.assert_close(out[1, 0], hidden[1, 0])
+    assert out[0, 3].abs().sum() == 0 and out[1, 1:].abs().sum() == 0
+    cut, cut_mask = sentence_states(hidden, is_sep, max_sentences=2)  # separators after the 2nd are ignored
+    torch.testing.assert_close(cut[0], hidden[0, [1, 3]])
+    assert cut_mask.tolist() == [[True, True], [True, False]]
+    longest, longest_mask = sentence_states(hidden, is_sep, max_sentences=0)  # former behaviour: S = 3
+    assert longest.shape == (2, 3, 2) and longest_mask.sum() == 4
+    # the gradient reaches exactly the separator states
+    h = hidden.clone().requires_grad_(True)
+    sentence_states(h, is_sep, 4)[0].sum().backward()
+    torch.testing.assert_close(h.grad[..., 0], is_sep.float())

@@ -102,6 +102,9 @@ class SynthConfig:
     workers: int = 1
     rsna_cancer_rate: float = 0.15
     rsna_jpeg2000: float = 0.5
+    conspicuity: float = (
+        1.0  # findings' visibility (synth_image.render_view); > 1 for low-resolution benchmarks
+    )
 
 
 def _choice(rng: np.random.Generator, options: tuple) -> str:
@@ -258,8 +261,8 @@ def _views_for_exam(
     return views
 
 
-def _embed_patient(args: tuple[int, int, int, Path]) -> tuple[list[dict], list[dict]]:
-    seed, index, long_side, root = args
+def _embed_patient(args: tuple[int, int, int, Path, float]) -> tuple[list[dict], list[dict]]:
+    seed, index, long_side, root, conspicuity = args
     rng = np.random.default_rng([seed, 1, index])
     empi = str(10_000_000 + index)
     age0 = float(rng.integers(40, 80))
@@ -311,8 +314,9 @@ def _embed_patient(args: tuple[int, int, int, Path]) -> tuple[list[dict], list[d
         for n, (lat, view, kind) in enumerate(views):
             img_rng = np.random.default_rng([seed, 2, index, e, n])
             img, boxes = render_view(
-                breasts[lat], view, shape, spacing, img_rng, marker=img_rng.random() < 0.5
-            )
+                breasts[lat], view, shape, spacing, img_rng, marker=img_rng.random() < 0.5,
+                conspicuity=conspicuity,
+            )  # fmt: skip
             spot = kind == "spot"
             if spot:
                 img, boxes = _magnify(img, boxes)
@@ -491,6 +495,8 @@ def generate(out: str | Path, cfg: SynthConfig) -> dict[str, Any]:
         )
     if cfg.long_side < 32:
         raise ConfigError(f"synth long_side must be >= 32 pixels, got {cfg.long_side}")
+    if not cfg.conspicuity > 0:
+        raise ConfigError(f"synth conspicuity must be > 0, got {cfg.conspicuity}")
     out = Path(out)
     embed, rsna = out / "embed", out / "rsna"
     embed.mkdir(parents=True, exist_ok=True)
@@ -498,7 +504,7 @@ def generate(out: str | Path, cfg: SynthConfig) -> dict[str, Any]:
     n_rsna = cfg.n_rsna_patients if cfg.n_rsna_patients is not None else max(cfg.n_patients // 2, 1)
     res = _run(
         _embed_patient,
-        [(cfg.seed, i, cfg.long_side, embed) for i in range(cfg.n_patients)],
+        [(cfg.seed, i, cfg.long_side, embed, cfg.conspicuity) for i in range(cfg.n_patients)],
         cfg.workers,
         "synth EMBED",
     )

@@ -150,9 +150,14 @@ def _outline(yy: np.ndarray, xx: np.ndarray, geo: _Geometry, rng: np.random.Gene
 
 
 def _draw_mass(
-    img: np.ndarray, f: Finding, center_px: tuple[float, float], sp: float, thick: np.ndarray
+    img: np.ndarray,
+    f: Finding,
+    center_px: tuple[float, float],
+    sp: float,
+    thick: np.ndarray,
+    gain: float = 1.0,
 ) -> Box | None:
-    """Add a mass to ``img`` in place; its core box, or None when it falls off the image."""
+    """Add a mass to ``img`` in place (contrast x ``gain``); its core box, or None when it falls off the image."""
     rng = np.random.default_rng([f.seed, 1])
     radius = f.size_mm / 2.0 / sp
     reach = radius * (2.8 if f.margin == "spiculated" else 1.6) + 2
@@ -182,7 +187,7 @@ def _draw_mass(
         prof = np.sqrt(np.clip(1.0 - rho**2, 0, 1))
     else:
         prof = 1.0 / (1.0 + np.exp(np.clip((rho - 0.9) / 0.12, -50, 50)))
-    amp = MASS_CONTRAST.get(f.density, 0.14)
+    amp = MASS_CONTRAST.get(f.density, 0.14) * gain
     add = amp * prof
     if f.density == "0":  # fat-containing: bright rim, lucent centre
         add = amp * prof - 0.18 * np.clip(1.0 - rho / 0.7, 0, 1)
@@ -222,9 +227,15 @@ def _calc_points(f: Finding, view: str) -> np.ndarray:
 
 
 def _draw_calcs(
-    img: np.ndarray, f: Finding, center_px: tuple[float, float], sp: float, inside: np.ndarray, view: str
+    img: np.ndarray,
+    f: Finding,
+    center_px: tuple[float, float],
+    sp: float,
+    inside: np.ndarray,
+    view: str,
+    gain: float = 1.0,
 ) -> Box | None:
-    """Add a calcification cluster in place; the box around the specks inside the breast, or None."""
+    """Add a calcification cluster in place (speck sizes x ``gain``); the box around the specks inside the breast, or None."""
     rng = np.random.default_rng([f.seed, 5])
     pts = _calc_points(f, view)
     boxes = []
@@ -239,6 +250,7 @@ def _draw_calcs(
             size_mm = rng.uniform(0.6, 1.5)
         else:
             size_mm = rng.uniform(0.15, 0.4)
+        size_mm *= gain
         s = max(size_mm / sp / 2, 0.6)
         elong = rng.uniform(2.5, 5.0) if f.morphology == "fine_linear" else rng.uniform(1.0, 1.6)
         ang = rng.uniform(0, np.pi)
@@ -272,6 +284,7 @@ def render_view(
     rng: np.random.Generator,
     *,
     marker: bool = False,
+    conspicuity: float = 1.0,
 ) -> tuple[np.ndarray, list[Box | None]]:
     """Render one view of one breast.
 
@@ -281,6 +294,9 @@ def render_view(
         shape: (H, W) in pixels; spacing_mm: pixel size.
         rng: texture / noise randomness for this image.
         marker: burn in a small bright laterality marker away from the breast (as on real films).
+        conspicuity: mass contrast and calcification speck size are multiplied by it (1 = the
+            realistic values above; benchmarks at 64 px use > 1 so that a reader could point at
+            the findings at that resolution).
     Returns:
         image (H, W) float32 in [0, 1] (tissue bright), and per finding its ROI box
         ``(ymin, xmin, ymax, xmax)`` in pixels (None when it fell outside the image).
@@ -324,9 +340,9 @@ def render_view(
         cy, cx = finding_center(f, view, geo)
         c_px = (cy / spacing_mm, cx / spacing_mm)
         if f.kind == "mass":
-            boxes.append(_draw_mass(img, f, c_px, spacing_mm, thick))
+            boxes.append(_draw_mass(img, f, c_px, spacing_mm, thick, conspicuity))
         else:
-            boxes.append(_draw_calcs(img, f, c_px, spacing_mm, inside, view))
+            boxes.append(_draw_calcs(img, f, c_px, spacing_mm, inside, view, conspicuity))
     img = ndimage.gaussian_filter(img, 0.6)
     img = img + rng.normal(0, 1, img.shape) * (0.004 + 0.012 * np.sqrt(np.clip(img, 0, None)))
     if marker:

@@ -181,16 +181,31 @@ class MamaEncoder:
         return self.model.image(images.to(self.device)).pooled
 
     @torch.no_grad()
-    def local_features(self, images: Tensor, texts: list[str]) -> tuple[Tensor, Tensor, Tensor]:
-        """SLA features: patches (B, P, El), sentences (B, S, El), sentence mask (B, S); all normalised."""
+    def local_features(
+        self, images: Tensor, texts: list[str], sentence_stats: str = "report"
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """SLA features: patches (B, P, El), sentences (B, S, El), sentence mask (B, S); all normalised.
+
+        The same path as training's :meth:`MamaModel.forward` (patch head on the tower's SLA patch
+        tokens, sentence head on the separator states). ``sentence_stats``: ``report`` normalises each
+        report's sentences with their own statistics, as SLA trains them with
+        ``model.heads.sentence_batchnorm: per_report`` (with ``batch`` the running statistics are
+        used); ``running``: the sentence BatchNorms' running statistics (the heatmaps before this
+        switch). Patches always use the running statistics (training: the batch's B x P patches).
+        """
         import torch.nn.functional as F
 
+        if sentence_stats not in ("report", "running"):
+            raise ValueError(f"sentence_stats must be 'report' or 'running', got {sentence_stats!r}")
         heads = self.model.heads
         feats = self.model.image(images.to(self.device))
         enc = self.model.tokenizer(list(texts))
         txt = self.model.text(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device))
         patches = F.normalize(heads.img_local(feats.patches), dim=-1)
-        sents = F.normalize(heads.txt_local(txt.sentences, txt.sentence_mask), dim=-1)
+        row_stats = sentence_stats == "report" and heads.sentence_per_report
+        sents = F.normalize(
+            heads.sentence_local(txt.sentences, txt.sentence_mask, row_stats=row_stats), dim=-1
+        )
         return patches, sents * txt.sentence_mask.unsqueeze(-1), txt.sentence_mask
 
 
@@ -442,13 +457,21 @@ def evaluate(cfg: EvalConfig, model: nn.Module | None = None, model_cfg: Any = N
         "seconds": round(time.time() - t0, 2),
     }
     results["out"] = str(out)
+    headline = results["metrics"].get("balanced", results["metrics"]["full"])["image"]
+    auc_text = "undefined"
+    if headline["auc"] is not None:
+        auc_text = f"{headline['auc']:.3f}"
+    elif len(np.unique(y)) < 2:  # one class: no AUC, no ROC; say why instead of "None"
+        from medlearn.mama.eval.figures import ONE_CLASS
+
+        results["auc_note"] = ONE_CLASS
+        auc_text = f"undefined ({ONE_CLASS})"
     if PartialState().is_main_process:  # under torchrun / accelerate launch only rank 0 writes
         results["figures"] = [str(p) for p, _ in write_outputs(out, results, test, y, probs, masks)]
         (out / "metrics.json").write_text(json.dumps(results, indent=2, default=str))
-    headline = results["metrics"].get("balanced", results["metrics"]["full"])["image"]
     log.info(
         "%s %s: balanced accuracy %.3f, AUC %s (%s test subset) -> %s",
-        cfg.mode, cfg.task, headline["balanced_accuracy"] or math.nan, headline["auc"],
+        cfg.mode, cfg.task, headline["balanced_accuracy"] or math.nan, auc_text,
         "balanced" if "balanced" in results["metrics"] else "full", out,
     )  # fmt: skip
     return results

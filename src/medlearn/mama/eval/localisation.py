@@ -107,6 +107,20 @@ def pointing_game(
     return {"pointing_game": float(np.mean(hits)) if hits else math.nan, "n": len(hits)}
 
 
+def chance_hit_rate(
+    boxes: Sequence[Box], image_hw: tuple[int, int], grid: tuple[int, int], mode: str = "overlap"
+) -> float:
+    """Probability that a uniformly random cell of a (gh, gw) grid is a hit (the pointing game's chance)."""
+    gh, gw = grid
+    hits = 0
+    for r in range(gh):
+        for c in range(gw):
+            one = np.zeros((gh, gw))
+            one[r, c] = 1.0
+            hits += pointing_hit(one, boxes, image_hw, mode)
+    return hits / (gh * gw)
+
+
 def roi_boxes_to_input(
     row: Mapping[str, Any], cached_hw: tuple[int, int], otsu_box: tuple[int, int, int, int] | None, size: int
 ) -> list[Box]:
@@ -184,34 +198,45 @@ def save_overlay(
 
 
 def fit_context(sentences: Sequence[str], j: int, fits: Callable[[str], bool] | None) -> tuple[str, int]:
-    """The longest run of sentences ending with sentence ``j`` whose tokens fit the text tower.
+    """The report as training encodes it, or the longest run of sentences around sentence ``j`` that fits.
 
-    A report longer than the tower's ``max_length`` is truncated, which can cut the finding
-    sentence away (its separator then never exists). Leading sentences are dropped until the text
-    fits, so sentence ``j`` is encoded whole and in as much of its context as possible.
+    The whole report is kept when it fits the text tower's ``max_length``: the sentence features
+    depend on the other sentences (an encoder attends both ways; the per-report sentence
+    BatchNorm takes its statistics over all of them), so the heatmap must see what training saw.
+    A longer report is truncated by the tokenizer, which can cut sentence ``j`` away (its separator
+    then never exists): leading sentences are then dropped until it fits, then trailing ones.
 
     Returns:
         (text, index of sentence ``j`` in it).
     """
-    for k in range(j + 1):
-        text = ". ".join(sentences[k : j + 1]) + "."
-        if fits is None or fits(text):
-            return text, j - k
+    n = len(sentences)
+    for end in range(n, j, -1):
+        for k in range(j + 1):
+            text = ". ".join(sentences[k:end]) + "."
+            if fits is None or fits(text):
+                return text, j - k
     return sentences[j] + ".", 0
 
 
 @torch.no_grad()
 def sentence_maps(
-    encoder: Any, images: Tensor, reports: Sequence[str], sentence_idx: Sequence[int]
+    encoder: Any,
+    images: Tensor,
+    reports: Sequence[str],
+    sentence_idx: Sequence[int],
+    sentence_stats: str | None = None,
 ) -> list[Tensor]:
     """SLA heatmaps, one per image: patch similarity to sentence ``sentence_idx[i]`` of ``reports[i]``.
 
-    ``encoder.local_features(images, texts)`` -> patches (B, P, E), sentences (B, S, E), mask (B, S);
-    ``encoder.fits(text)`` (optional) says whether a text fits untruncated (see :func:`fit_context`).
+    ``encoder.local_features(images, texts[, sentence_stats])`` -> patches (B, P, E), sentences
+    (B, S, E), mask (B, S); ``encoder.fits(text)`` (optional) says whether a text fits untruncated
+    (see :func:`fit_context`). ``sentence_stats`` (None: the encoder's default, the training
+    normalisation) is passed on.
     """
     fits = getattr(encoder, "fits", None)
     texts, idx = zip(*(fit_context(split_sentences(r), j, fits) for r, j in zip(reports, sentence_idx)))
-    patches, sents, mask = encoder.local_features(images, list(texts))
+    kw = {} if sentence_stats is None else {"sentence_stats": sentence_stats}
+    patches, sents, mask = encoder.local_features(images, list(texts), **kw)
     out = []
     for i, j in enumerate(idx):
         n = int(mask[i].sum())
@@ -232,46 +257,57 @@ def evaluate_pointing(
     mode: str = "overlap",
     heatmap_dir: str | Path | None = None,
     n_heatmaps: int = 4,
+    sentence_stats: str | None = None,
+    recrop: bool = False,
 ) -> dict[str, Any]:
     """Pointing game on the rows of a prepared table that have ROI boxes and a finding sentence.
 
     The report is the row's unmasked report (``builder.build(row)``); the sentence is chosen by
     :func:`pick_sentence` (the mass / calcification sentence, else "Findings"). Writes up to
-    ``n_heatmaps`` overlay PNGs to ``heatmap_dir``.
+    ``n_heatmaps`` overlay PNGs to ``heatmap_dir``. ``sentence_stats``: see
+    :meth:`MamaEncoder.local_features`. Images that ``prepare`` already cropped are not Otsu-cropped
+    again (as the dataset does; ``recrop=True`` crops every image, the former behaviour).
+
+    Returns:
+        ``pointing_game``, ``n``, ``hits`` (per scored image), ``chance_per_image`` (the hit
+        probability of a uniformly random cell) and ``heatmaps`` (PNG path, caption).
     """
+    from medlearn.mama.data.dataset import needs_crop
     from medlearn.mama.data.prepare import load_image
     from medlearn.mama.data.transforms import EvalTransform, foreground_box
 
+    crop = np.ones(len(table), bool) if recrop else needs_crop(table)
     rows = [
-        r
-        for r in table.to_dict(orient="records")
+        (r, bool(c))
+        for r, c in zip(table.to_dict(orient="records"), crop)
         if str(r.get("roi_coords", "") or "").strip() not in ("", "[]")
     ]
     rows = rows[:max_images]
-    tf = EvalTransform(image_size)
+    tfs = {c: EvalTransform(image_size, crop=c) for c in (True, False)}
     maps, boxes, pngs = [], [], []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         imgs, reports, idx, bxs = [], [], [], []
-        for r in chunk:
+        for r, c in chunk:
             cached = load_image(Path(image_root) / str(r["image_path"]))
-            imgs.append(tf(cached))
-            bxs.append(
-                roi_boxes_to_input(r, cached.shape, foreground_box(cached) if tf.crop else None, image_size)
-            )
+            imgs.append(tfs[c](cached))
+            bxs.append(roi_boxes_to_input(r, cached.shape, foreground_box(cached) if c else None, image_size))
             rep = builder.build(r)
             reports.append(rep)
             idx.append(pick_sentence(split_sentences(rep)))
-        ms = sentence_maps(encoder, torch.stack(imgs), reports, idx)
+        ms = sentence_maps(encoder, torch.stack(imgs), reports, idx, sentence_stats)
         for k, (m, b) in enumerate(zip(ms, bxs)):
             maps.append(m)
             boxes.append(b)
             if heatmap_dir is not None and len(pngs) < n_heatmaps and b:
                 sent = split_sentences(reports[k])[idx[k]]
-                p = save_overlay(
-                    imgs[k].numpy(), m, Path(heatmap_dir) / f"sla_{chunk[k]['image_id']}.png", b, sent[:60]
-                )
-                pngs.append((p, f"{chunk[k]['image_id']}: '{sent[:60]}'"))
-    res = pointing_game(maps, boxes, (image_size, image_size), mode)
+                iid = chunk[k][0]["image_id"]
+                p = save_overlay(imgs[k].numpy(), m, Path(heatmap_dir) / f"sla_{iid}.png", b, sent[:60])
+                pngs.append((p, f"{iid}: '{sent[:60]}'"))
+    hw = (image_size, image_size)
+    res = pointing_game(maps, boxes, hw, mode)
+    scored = [(m, b) for m, b in zip(maps, boxes) if len(b)]
+    res["hits"] = [bool(pointing_hit(m, b, hw, mode)) for m, b in scored]
+    res["chance_per_image"] = [chance_hit_rate(b, hw, tuple(m.shape[-2:]), mode) for m, b in scored]
     res["heatmaps"] = pngs
     return res

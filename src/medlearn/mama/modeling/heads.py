@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from medlearn.mama.config import HeadsConfig
 
 
-def row_batch_norm(x: Tensor, mask: Tensor, bn: nn.BatchNorm1d) -> Tensor:
+def row_batch_norm(x: Tensor, mask: Tensor, bn: nn.BatchNorm1d, row_stats: bool | None = None) -> Tensor:
     """BatchNorm of ``bn`` with statistics over each row's valid tokens instead of the whole batch.
 
     Training (or no running statistics): row b is normalised with the mean and biased variance of
@@ -37,12 +37,14 @@ def row_batch_norm(x: Tensor, mask: Tensor, bn: nn.BatchNorm1d) -> Tensor:
         x: (B, S, C) tokens.
         mask: (B, S) bool, True at valid tokens.
         bn: the BatchNorm1d(C) whose parameters, eps, momentum and buffers are used.
+        row_stats: force each row's own statistics (True) or the running ones (False) whatever
+            ``bn.training`` says; the running statistics are only updated in training mode.
     Returns:
         (B, S, C), zero at invalid tokens.
     """
     m = mask.unsqueeze(-1).float()
     xf = x.float()
-    use_batch = bn.training or not bn.track_running_stats
+    use_batch = (bn.training or not bn.track_running_stats) if row_stats is None else row_stats
     if use_batch:
         n = m.sum(dim=1)  # (B, 1)
         mean = (xf * m).sum(dim=1) / n.clamp_min(1)
@@ -99,23 +101,27 @@ class TokenHead(nn.Module):
         )
         self.out_dim = out_dim
 
-    def forward(self, tokens: Tensor, mask: Tensor | None = None, per_row: bool = False) -> Tensor:
+    def forward(
+        self, tokens: Tensor, mask: Tensor | None = None, per_row: bool = False, row_stats: bool | None = None
+    ) -> Tensor:
         """(B, L, d) tokens and optional (B, L) bool mask -> (B, L, out_dim), zero at masked slots.
 
-        ``per_row``: BatchNorm statistics over each row's valid tokens (:func:`row_batch_norm`),
-        else over all valid tokens of the batch.
+        ``per_row``: BatchNorm statistics over each row's valid tokens (:func:`row_batch_norm`;
+        ``row_stats`` forces them, or the running ones, in either mode), else over all valid tokens
+        of the batch.
         """
         b, n, d = tokens.shape
         if per_row:
             lin1, bn1, act, lin2, bn2 = self.net
             valid = torch.ones(b, n, dtype=torch.bool, device=tokens.device) if mask is None else mask
-            h = act(row_batch_norm(lin1(tokens), valid, bn1))
-            return row_batch_norm(lin2(h), valid, bn2)
+            h = act(row_batch_norm(lin1(tokens), valid, bn1, row_stats))
+            return row_batch_norm(lin2(h), valid, bn2, row_stats)
         if mask is None:
             return self.net(tokens.reshape(b * n, d)).reshape(b, n, self.out_dim)
-        flat = self.net(tokens[mask])
-        out = flat.new_zeros(b, n, self.out_dim)
-        return out.index_put((mask.nonzero(as_tuple=True)), flat)
+        lin1, bn1, act, lin2, bn2 = self.net  # BatchNorm over the valid tokens, without boolean indexing
+        flat = mask.reshape(1, b * n)
+        h = act(row_batch_norm(lin1(tokens).reshape(1, b * n, -1), flat, bn1))
+        return row_batch_norm(lin2(h), flat, bn2).reshape(b, n, self.out_dim)
 
 
 class ImageImageHead(nn.Module):
@@ -170,9 +176,13 @@ class MamaHeads(nn.Module):
         both = self.ii_head(torch.cat([anchors, extras]))
         return both[: anchors.shape[0]], both[anchors.shape[0] :]
 
-    def sentence_local(self, sentences: Tensor, mask: Tensor) -> Tensor:
-        """(B, S, D) sentence states and (B, S) mask -> (B, S, local_dim), zero at absent sentences."""
-        return self.txt_local(sentences, mask, per_row=self.sentence_per_report)
+    def sentence_local(self, sentences: Tensor, mask: Tensor, row_stats: bool | None = None) -> Tensor:
+        """(B, S, D) sentence states and (B, S) mask -> (B, S, local_dim), zero at absent sentences.
+
+        ``row_stats=True`` (with ``sentence_batchnorm: per_report``) normalises each report with its
+        own sentences' statistics also in evaluation mode, as training does; ``None``: the module's mode.
+        """
+        return self.txt_local(sentences, mask, per_row=self.sentence_per_report, row_stats=row_stats)
 
     def local_parameters(self) -> list[nn.Parameter]:
         """Parameters frozen before ``late_loss``: the two SLA heads and the local logit scale."""
