@@ -1,78 +1,46 @@
-"""MaMA pre-training speed: samples/s, peak memory and model FLOPs utilisation, plus SLA loss scaling.
+"""MaMA pre-training speed through the real training path: samples/s, peak memory, MFU; SLA loss scaling.
 
 Usage::
 
-    python benchmarks/mama_speed.py                 # paper + small configs on the GPU (when present)
-    python benchmarks/mama_speed.py --quick         # CPU-sized configs, a few steps
-    python benchmarks/mama_speed.py --configs paper --steps 20 --peak-tflops 989
+    python benchmarks/mama_speed.py                              # tiny preset on this machine
+    python benchmarks/mama_speed.py --config demo --steps 20 --json mama_speed.json
+    python benchmarks/mama_speed.py --config paper --device cuda --precision bf16 --peak-tflops 790 \
+        --override model.image.name=random model.text.name=random ...   # see benchmarks/gpu_suite.py
 
-One training step = forward of both towers on the anchor and the extra image (all five loss terms,
-i.e. after ``late_loss``), the loss, backward, AdamW step.  Random weights (no download needed).
+:func:`bench` writes synthetic EMBED-format DICOMs and tables to a temporary folder, prepares them
+with the real ``prepare``, and trains ``steps`` + warm-up optimizer steps with
+``medlearn.mama.train.train`` (the function the CLI runs: real DataLoader, hooks and loop), all
+five loss terms from step 0 (``loss.late_loss=0``). The time per step is read from the run's
+``metrics.jsonl`` (logged every step) after the warm-up steps, so start-up, data preparation,
+validation and checkpoints are left out.
 
 FLOPs per sample (model FLOPs, no recomputation; multiply-add = 2 FLOPs), per transformer layer of
-width d on T tokens: matmuls 2*T*12*d^2 (QKV 3d^2, output d^2, MLP 8d^2 for a 4d MLP), attention
-4*T^2*d (QK^T and AV).  Training = 3x forward for trained weights (the image tower: forward, input
-gradient, weight gradient), 2x forward for the frozen text base (input gradients only; LoRA weight
-gradients are negligible).  The image tower runs on two images per sample (anchor + extra view).
-At the paper size this gives ~3.3 TFLOP per sample (spec: "about 3.4").
-MFU = samples/s x FLOPs/sample / peak FLOP/s (``--peak-tflops``; H100/H200 SXM dense bf16 = 989).
+width d on T tokens: matmuls 2*T*(4d^2 + 2*d*mlp), attention 4*T^2*d.  Training = 3x forward for
+trained weights (the image tower: forward, input gradient, weight gradient), 2x forward for the
+frozen text base (input gradients only; LoRA weight gradients are negligible).  The image tower
+runs on two images per sample (anchor + extra view).  At the paper size: 3.29 TFLOP per sample
+(spec: "about 3.4").  MFU = samples/s x FLOPs/sample / peak FLOP/s (``--peak-tflops``; default
+790 on CUDA, the spec's H200 bf16 figure; none on CPU).
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
+import json
 import platform
 import resource
+import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 
-from medlearn.mama.config import HeadsConfig, ImageTowerConfig, LossConfig, ModelConfig, TextTowerConfig
-from medlearn.mama.modeling.losses import mama_loss, sla_loss
-from medlearn.mama.modeling.model import MamaModel
+from medlearn.mama.modeling.losses import sla_loss
 
-
-@dataclass
-class Setting:
-    name: str
-    image_arch: dict
-    image_size: int
-    text_arch: dict
-    max_length: int
-    batch: int
-    heads: HeadsConfig
-
-
-VIT_B = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
-         "patch_size": 14, "num_register_tokens": 4}  # fmt: skip
-VIT_S = {**VIT_B, "hidden_size": 384, "num_attention_heads": 6, "intermediate_size": 1536}
-BIOMEDLM = {"model_type": "gpt2", "n_embd": 2560, "n_layer": 32, "n_head": 20, "n_positions": 1024}
-GPT2_S = {"model_type": "gpt2", "n_embd": 768, "n_layer": 12, "n_head": 12, "n_positions": 1024}
-TINY_VIT = {"hidden_size": 96, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 384,
-            "patch_size": 8, "num_register_tokens": 4}  # fmt: skip
-TINY_GPT2 = {"model_type": "gpt2", "n_embd": 128, "n_layer": 4, "n_head": 4, "n_positions": 256}
-PAPER_HEADS = HeadsConfig()
-
-SETTINGS = {
-    "paper": Setting(
-        "paper: ViT-B/14-reg 518 + BioMedLM-shape GPT-2 + LoRA", VIT_B, 518, BIOMEDLM, 144, 36, PAPER_HEADS
-    ),
-    "small": Setting("small: ViT-S/14-reg 518 + GPT-2 124M + LoRA", VIT_S, 518, GPT2_S, 144, 32, PAPER_HEADS),
-    "cpu-small": Setting(
-        "cpu-small: ViT-S/14-reg 224 + GPT-2 124M + LoRA", VIT_S, 224, GPT2_S, 144, 8, PAPER_HEADS
-    ),
-    "cpu-tiny": Setting(
-        "cpu-tiny: ViT 96x4 @64 + GPT-2 128x4 + LoRA",
-        TINY_VIT,
-        64,
-        TINY_GPT2,
-        96,
-        16,
-        HeadsConfig(128, 256, 128, 128),
-    ),
-}
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PEAK_TFLOPS = 790.0  # spec section 10: one H200, bf16 dense
 
 
 def layer_flops(tokens: int, d: int, mlp: int) -> float:
@@ -80,76 +48,137 @@ def layer_flops(tokens: int, d: int, mlp: int) -> float:
     return 2 * tokens * (4 * d * d + 2 * d * mlp) + 4 * tokens * tokens * d
 
 
-def flops_per_sample(s: Setting) -> dict[str, float]:
-    """Training FLOPs per sample (see module docstring)."""
-    a = s.image_arch
-    p = s.image_size // a["patch_size"]
+def _text_dims(text: Any) -> tuple[int, int, int]:
+    """(layers, width, mlp width) of the text tower of a config (random arch or a named model)."""
+    if text.name == "random":
+        a = dict(text.arch)
+        d = int(a.get("n_embd", a.get("hidden_size", 768)))
+        layers = int(a.get("n_layer", a.get("num_hidden_layers", 12)))
+        return layers, d, int(a.get("n_inner") or a.get("intermediate_size") or 4 * d)
+    from transformers import AutoConfig
+
+    from medlearn.mama.modeling.text_tower import _source
+
+    src = _source(text.name)
+    c = AutoConfig.from_pretrained(src, local_files_only=Path(src).is_dir())
+    d = int(getattr(c, "hidden_size", getattr(c, "n_embd", 768)))
+    layers = int(getattr(c, "num_hidden_layers", getattr(c, "n_layer", 12)))
+    return layers, d, int(getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * d)
+
+
+def flops_per_sample(cfg: Any) -> dict[str, float]:
+    """Training FLOPs per sample of a ``MamaConfig`` (see module docstring)."""
+    img = cfg.model.image
+    a = {"hidden_size": 768, "num_hidden_layers": 12, "intermediate_size": 3072, "patch_size": 14,
+         "num_register_tokens": 4, **dict(img.arch)}  # fmt: skip
+    if img.name != "random":
+        from transformers import AutoConfig
+
+        c = AutoConfig.from_pretrained(img.name)
+        a.update({k: getattr(c, k) for k in a if hasattr(c, k)})
+    p = img.image_size // a["patch_size"]
     t_img = 1 + a["num_register_tokens"] + p * p
     d = a["hidden_size"]
     img_fwd = (
         a["num_hidden_layers"] * layer_flops(t_img, d, a["intermediate_size"])
         + 2 * p * p * 3 * a["patch_size"] ** 2 * d
     )
-    t = s.text_arch
-    txt_fwd = t["n_layer"] * layer_flops(s.max_length, t["n_embd"], 4 * t["n_embd"])
-    image = 2 * 3 * img_fwd  # anchor + extra view, trained
-    text = 2 * txt_fwd  # frozen base: forward + input gradients
+    layers, dt, mlp = _text_dims(cfg.model.text)
+    txt_fwd = layers * layer_flops(cfg.model.text.max_length, dt, mlp)
+    image, text = 2 * 3 * img_fwd, 2 * txt_fwd
     return {"image": image, "text": text, "total": image + text}
 
 
-def build(s: Setting, checkpointing: bool) -> MamaModel:
-    cfg = ModelConfig(
-        image=ImageTowerConfig(
-            name="random", arch=s.image_arch, image_size=s.image_size, gradient_checkpointing=checkpointing
-        ),
-        text=TextTowerConfig(
-            name="random", arch=s.text_arch, max_length=s.max_length, gradient_checkpointing=checkpointing
-        ),
-        heads=s.heads,
+def write_data(folder: Path, patients: int, long_side: int, cache_side: int) -> Path:
+    """Synthetic EMBED-format DICOMs + tables, prepared by the real ``prepare``."""
+    from medlearn.mama.data.prepare import PrepareConfig, prepare_dataset
+    from medlearn.mama.data.synth import SynthConfig, generate
+
+    generate(folder / "synth", SynthConfig(n_patients=patients, n_rsna_patients=1, long_side=long_side))
+    prepare_dataset(
+        folder / "prepared", embed_dir=folder / "synth" / "embed", cfg=PrepareConfig(long_side=cache_side)
     )
-    return MamaModel(cfg, LossConfig())
+    return folder / "prepared"
 
 
-def _peak_mem(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (peak RSS, whole process)
+def _peak_mem_gib(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**30
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
+    return kib / 2**20
 
 
-def bench_train(s: Setting, device: torch.device, steps: int, warmup: int, checkpointing: bool) -> dict:
-    """Samples/s and peak memory of full training steps (all five loss terms)."""
-    model = build(s, checkpointing).to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")
-    report = "Procedure reported: screening mammogram. Breast composition: heterogeneously dense. " * 12
-    enc = model.tokenizer([report] * s.batch)
-    ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-    imgs = torch.randn(s.batch, 3, s.image_size, s.image_size, device=device)
-    extra = torch.randn_like(imgs)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    lcfg = LossConfig()
+def bench(
+    config: str = "tiny",
+    steps: int = 10,
+    device: str = "auto",
+    precision: str | None = None,
+    overrides: Sequence[str] = (),
+    warmup: int = 3,
+    peak_tflops: float | None = None,
+    patients: int = 24,
+    data_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Train ``warmup + steps`` optimizer steps of preset ``config`` through ``train()``; one result row.
 
-    def step() -> float:
-        with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
-            out = model(imgs, ids, mask, extra, late=True)
-            loss = mama_loss(out, lcfg, late=True)["loss"]
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.item()
+    Args:
+        config: MaMA preset name (tiny, demo, small, paper) or YAML path.
+        steps: timed optimizer steps (after ``warmup`` steps).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        precision: ``fp32``, ``bf16``, ``fp16`` (None: the preset's).
+        overrides: more ``key=value`` config overrides (e.g. random towers of the paper's shape).
+        peak_tflops: device peak for ``mfu`` (None: 790 on CUDA, no MFU on CPU).
+        patients: synthetic EMBED patients written (images cycle when the run needs more).
+        data_dir: an already prepared folder to reuse (default: written to a temporary folder).
+    Returns:
+        ``task, config, device, precision, batch, steps, it_per_s, samples_per_s, peak_mem_gib,
+        tflop_per_sample, mfu`` and the loss of the last step.
+    """
+    from medlearn.config import load_config, resolve_preset
+    from medlearn.engine import read_metrics
+    from medlearn.mama.config import MamaConfig
+    from medlearn.mama.train import train
 
-    for _ in range(warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    dt = time.perf_counter() - t0
-    return {"samples_per_s": s.batch * steps / dt, "peak_mem_gib": _peak_mem(device), "tokens": ids.shape[1]}
+    with tempfile.TemporaryDirectory(prefix="mama-speed-") as tmp:
+        tmp = Path(tmp)
+        ov = [f"train.out={tmp / 'run'}", f"train.max_steps={warmup + steps}", "train.val_every=100000",
+              "loss.late_loss=0", "engine.log_every=1", "engine.ckpt_every=100000", "engine.progress=false",
+              "engine.tensorboard=false", f"engine.device={device}", "data.val_max=2"]  # fmt: skip
+        if precision:
+            ov.append(f"engine.precision={precision}")
+        cfg = load_config(MamaConfig, resolve_preset("mama", config), [*ov, *overrides])
+        side = max(128, min(512, 2 * cfg.model.image.image_size))
+        prep = Path(data_dir) if data_dir else write_data(tmp / "data", patients, 2 * side, side)
+        cfg.data.prepared_dir = str(prep)
+        if cfg.engine.device.startswith("cuda") or (
+            cfg.engine.device == "auto" and torch.cuda.is_available()
+        ):
+            torch.cuda.reset_peak_memory_stats()
+        summary = train(cfg)
+        recs = [r for r in read_metrics(Path(summary["run"]) / "metrics.jsonl") if "loss" in r]
+        times = {int(r["step"]): float(r["time"]) for r in recs}
+        t0, t1 = times[warmup], times[warmup + steps]
+        it_s = steps / max(t1 - t0, 1e-9)
+        dev = "cuda" if torch.cuda.is_available() and cfg.engine.device in ("auto", "cuda") else "cpu"
+        batch = cfg.data.batch_size * cfg.engine.grad_accum_steps
+        fl = flops_per_sample(cfg)
+        peak = peak_tflops if peak_tflops else (DEFAULT_PEAK_TFLOPS if dev == "cuda" else None)
+        return {
+            "task": "mama",
+            "config": config,
+            "device": torch.cuda.get_device_name(0)
+            if dev == "cuda"
+            else f"cpu ({torch.get_num_threads()} threads)",
+            "precision": cfg.engine.precision,
+            "batch": batch,
+            "steps": steps,
+            "it_per_s": it_s,
+            "samples_per_s": it_s * batch,
+            "peak_mem_gib": _peak_mem_gib(dev),
+            "tflop_per_sample": fl["total"] / 1e12,
+            "mfu": it_s * batch * fl["total"] / (peak * 1e12) if peak else None,
+            "loss": recs[-1]["loss"],
+        }
 
 
 def bench_sla(
@@ -184,60 +213,46 @@ def bench_sla(
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="CPU-sized configs and few steps")
-    ap.add_argument("--configs", default="", help="comma-separated subset of: " + ", ".join(SETTINGS))
-    ap.add_argument("--steps", type=int, default=0)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--no-checkpointing", action="store_true")
-    ap.add_argument("--peak-tflops", type=float, default=0.0, help="device peak (bf16 dense) for MFU")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda":
-        card = torch.cuda.get_device_name(device)
-        peak = args.peak_tflops or (989.0 if ("H100" in card or "H200" in card) else 0.0)
-    else:
-        card = f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-        peak = args.peak_tflops
-    default = "cpu-tiny,cpu-small" if args.quick or device.type == "cpu" else "paper,small"
-    names = (args.configs or default).split(",")
-    steps = args.steps or (3 if args.quick else 20)
-    ckpt = not args.no_checkpointing
-    print(f"device: {card}; torch {torch.__version__}; precision {'bf16' if device.type == 'cuda' else 'fp32'}; "
-          f"checkpointing {'on' if ckpt else 'off'}")  # fmt: skip
-    print(
-        f"\n{'setting':58s} {'batch':>5s} {'samples/s':>10s} {'peak GiB':>9s} {'TFLOP/sample':>13s} {'MFU':>6s}"
-    )
-    results = []
-    for name in names:
-        s = SETTINGS[name]
-        fl = flops_per_sample(s)
-        r = bench_train(s, device, steps, args.warmup, ckpt)
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        mfu = r["samples_per_s"] * fl["total"] / (peak * 1e12) if peak else float("nan")
-        results.append((name, r, fl, mfu))
-        print(f"{s.name:58s} {s.batch:5d} {r['samples_per_s']:10.2f} {r['peak_mem_gib']:9.2f} "
-              f"{fl['total'] / 1e12:13.3f} {mfu:6.1%}")  # fmt: skip
-    if device.type == "cuda":
-        sizes, pp, ss, dd = [36, 72, 144, 288], 1369, 24, 512
-    else:
-        sizes, pp, ss, dd = [8, 16, 32, 64], 256, 12, 128
-    print(f"\nSLA loss (forward + backward), P={pp} patches, S={ss} sentences, E={dd}")
-    print(f"{'N':>5s} {'chunk':>6s} {'ms':>9s} {'peak MiB':>9s} {'sim chunk MiB':>14s}")
-    for row in bench_sla(device, sizes, pp, ss, dd, chunk=8):
-        print(
-            f"{row['N']:5d} {row['chunk']:6d} {row['ms']:9.1f} {row['peak_MiB']:9.1f} {row['sim_chunk_MiB']:14.1f}"
-        )
-    best = max(results, key=lambda x: x[1]["samples_per_s"])
-    print(f"\nsummary: {best[0]} {best[1]['samples_per_s']:.2f} samples/s on {card}"
-          + (f", MFU {best[3]:.1%}" if peak else ""))  # fmt: skip
+    ap.add_argument("--config", default="tiny", help="preset (tiny, demo, small, paper) or YAML path")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default=None)
+    ap.add_argument("--peak-tflops", type=float, default=None, help="device peak (bf16 dense) for MFU")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (engine.num_threads)")
+    ap.add_argument("--override", nargs="*", default=[], help="more key=value config overrides")
+    ap.add_argument("--sla", action="store_true", help="also time the SLA loss against the batch size")
+    ap.add_argument("--json", default="", help="write the result here")
+    a = ap.parse_args(argv)
+    ov = [f"engine.num_threads={a.threads}", *a.override]
+    row = bench(a.config, a.steps, a.device, a.precision, ov, a.warmup, a.peak_tflops)
+    cols = ("config", "device", "precision", "batch", "steps", "it_per_s", "samples_per_s", "peak_mem_gib",
+            "tflop_per_sample", "mfu")  # fmt: skip
+
+    def fmt(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else ("-" if v is None else str(v))
+
+    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    print("| " + " | ".join(fmt(row[c]) for c in cols) + " |")
+    if a.sla:
+        cuda = torch.cuda.is_available() and a.device in ("auto", "cuda")
+        dev = torch.device("cuda" if cuda else "cpu")
+        sizes, pp, ss, dd = ([36, 72, 144, 288], 1369, 24, 512) if cuda else ([8, 16, 32, 64], 256, 12, 128)
+        print(f"\nSLA loss (forward + backward), P={pp} patches, S={ss} sentences, E={dd}")
+        print("| N | chunk | ms | peak MiB | similarity chunk MiB |\n|---|---|---|---|---|")
+        for r in bench_sla(dev, sizes, pp, ss, dd, chunk=8):
+            print(
+                f"| {r['N']} | {r['chunk']} | {r['ms']:.1f} | {r['peak_MiB']:.1f} | {r['sim_chunk_MiB']:.1f} |"
+            )
+    if a.json:
+        Path(a.json).write_text(json.dumps({**row, "machine": platform.platform()}, indent=2))
+    mfu = f", MFU {row['mfu']:.1%}" if row["mfu"] is not None else ""
+    print(f"summary: mama {a.config} {row['samples_per_s']:.2f} samples/s ({row['it_per_s']:.3f} it/s, batch "
+          f"{row['batch']}), peak {row['peak_mem_gib']:.2f} GiB on {row['device']}{mfu}")  # fmt: skip
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -74,8 +74,10 @@ def test_forward_outputs_and_initial_temperature(tiny):
     assert out["img"].shape == out["txt"].shape == out["img_extra"].shape == (4, e)
     torch.testing.assert_close(out["img"].norm(dim=-1), torch.ones(4))
     assert out["patches"].shape == (4, 16, cfg.model.heads.local_dim)
-    assert out["sentences"].shape[:2] == out["sentence_mask"].shape == (4, 2)
-    assert out["sentence_mask"].tolist() == [[True, True], [True, False]] * 2
+    s = cfg.model.text.max_sentences  # fixed slots: no shape depends on the reports
+    assert out["sentences"].shape[:2] == out["sentence_mask"].shape == (4, s)
+    assert out["sentence_mask"].tolist() == [[True, True] + [False] * (s - 2), [True] + [False] * (s - 1)] * 2
+    assert out["sentences"][:, 2:].abs().sum() == 0 and out["sentences"][1, 1].abs().sum() == 0
     assert out["scale"].item() == pytest.approx(1 / 0.07, rel=1e-5)
     assert model.heads.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
     early = model(imgs, enc["input_ids"], enc["attention_mask"], late=False)

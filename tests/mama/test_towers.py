@@ -198,14 +198,18 @@ def test_byte_level_report_tokens_match_the_reference_layout():
 
 
 def test_text_tower_wraps_reports_and_pads_to_max_length_for_all_tokens():
-    cfg = TextTowerConfig(name="random", arch=GPT2, max_length=24, lora_r=0, gradient_checkpointing=False)
+    cfg = TextTowerConfig(
+        name="random", arch=GPT2, max_length=24, lora_r=0, gradient_checkpointing=False, padding="longest"
+    )
     tower = TextTower(cfg).eval()
     enc = tower.tokenizer(["Findings: benign. Overall; ok."])
     tokens = tower.tokenizer.tok.convert_ids_to_tokens(enc["input_ids"][0].tolist())
     # MiniLM's word-piece tokenizer (tiny towers) adds its own [CLS] ... [SEP] around ours
     assert tokens == ["[CLS]", "<|startoftext|>", "findings", ":", "benign", "<|sep|>", "overall", "<|sep|>",
                       "ok", "<|sep|>", "<|endoftext|>", "[SEP]"]  # fmt: skip
-    assert enc["input_ids"].shape == (1, 12)  # masked_mean: padded to the longest report
+    assert enc["input_ids"].shape == (1, 12)  # masked_mean + padding=longest: padded to the longest report
+    fixed = TextTower(TextTowerConfig(**{**cfg.__dict__, "padding": "max_length"})).eval()
+    assert fixed.tokenizer(["Findings: benign."])["input_ids"].shape == (1, 24)  # the default: fixed shapes
     ref = TextTower(TextTowerConfig(**{**cfg.__dict__, "pooling": "all_tokens"})).eval()
     enc = ref.tokenizer(["Findings: benign.", "No."])
     assert enc["input_ids"].shape == (2, 24)  # all_tokens: always max_length, as the reference's 144

@@ -70,6 +70,15 @@ class TextTowerConfig:
         init_seed: seed of the random initialisation for ``name: random``.
         gradient_checkpointing: non-reentrant activation checkpointing of the frozen base.
         checkpoint_every_n_layers: checkpoint only every n-th layer (1 = all).
+        padding: ``max_length`` pads every batch to ``max_length`` tokens (fixed shapes: no
+            recompilation, tokenised in the DataLoader workers); ``longest`` pads to the batch's
+            longest report (less compute on CPU). ``pooling: all_tokens`` always pads to ``max_length``.
+        max_sentences: sentence slots S of the SLA features (fixed, so no shape depends on the
+            data and no host synchronisation is needed); separators after the S-th are ignored.
+            0 = as many slots as the batch's longest report (one host sync per step; the former
+            behaviour).
+        attn_implementation: attention kernel of the language model: ``sdpa``, ``eager`` or
+            ``flash_attention_2`` (needs the flash-attn package and a GPU).
     """
 
     name: str = "minilm"
@@ -88,6 +97,9 @@ class TextTowerConfig:
     init_seed: int = 0
     gradient_checkpointing: bool = True
     checkpoint_every_n_layers: int = 1
+    padding: Literal["max_length", "longest"] = "max_length"
+    max_sentences: int = 16
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
 
 
 @dataclass
@@ -183,6 +195,9 @@ class DataConfig:
         same_breast_only: pair only with other views of the same breast (reference: False).
         val_max: at most this many validation images for retrieval (0 = all).
         num_workers: overrides ``engine.num_workers`` when >= 0.
+        recrop: Otsu-crop every cached image again before augmenting (the reference crops online,
+            after its offline cache). Default false: images that ``prepare`` already cropped are not
+            cropped a second time (rows it did not crop still are).
     """
 
     prepared_dir: str = ""
@@ -192,6 +207,7 @@ class DataConfig:
     same_breast_only: bool = False
     val_max: int = 512
     num_workers: int = -1
+    recrop: bool = False
 
 
 @dataclass
@@ -242,6 +258,10 @@ def validate(cfg: MamaConfig) -> None:
         raise ConfigError(f"model.text.lora_r must be >= 0, got {t.lora_r}")
     if t.max_length < 2:
         raise ConfigError(f"model.text.max_length must be >= 2, got {t.max_length}")
+    if t.max_sentences < 0:
+        raise ConfigError(
+            f"model.text.max_sentences must be >= 0 (0 = longest report), got {t.max_sentences}"
+        )
     if cfg.loss.sla_chunk < 1:
         raise ConfigError(f"loss.sla_chunk must be >= 1, got {cfg.loss.sla_chunk}")
     if cfg.loss.init_temperature <= 0 or cfg.loss.nt_xent_temperature <= 0:

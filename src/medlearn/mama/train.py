@@ -83,6 +83,7 @@ def build_datasets(cfg: MamaConfig) -> tuple[Dataset, Dataset]:
         parts[name] = MammoDataset(
             sub, image_root, train=name == "train", image_size=size, mask_prob=d.mask_prob,
             multiview_prob=d.multiview_prob, same_breast_only=d.same_breast_only, seed=cfg.engine.seed,
+            recrop=d.recrop,
         )  # fmt: skip
     return parts["train"], parts["val"]
 
@@ -92,6 +93,94 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
     from medlearn.mama.data.dataset import collate_mammo
 
     return collate_mammo(batch)
+
+
+class TokenizingCollate:
+    """``collate_mammo`` plus the reports' ``input_ids`` / ``attention_mask`` (B, L).
+
+    Runs in the DataLoader workers, so tokenisation overlaps the training step; with
+    ``model.text.padding: max_length`` every batch has the same L.
+    """
+
+    def __init__(self, tokenizer: Any, collate_fn: Any = None) -> None:
+        self.tokenizer, self.collate_fn = tokenizer, collate_fn or collate
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collate_fn(items)
+        batch.update(self.tokenizer(list(batch["report"])))
+        return batch
+
+
+class LateKeys(torch.utils.data.Sampler):
+    """``(epoch, index, with_extra)`` keys over a :class:`ResumableSampler` (see ``MammoDataset``).
+
+    ``with_extra`` is true for the micro-batches of optimizer steps >= ``late_loss`` (step of a
+    micro-batch = (epoch x batches per epoch + its position) // accumulation, as the loop counts)
+    when a loss term uses the extra image; before that, the extra image is neither read nor augmented.
+    """
+
+    def __init__(self, base: Any, batch_size: int, per_epoch: int, accum: int, late_from: int | None) -> None:
+        self.base, self.batch_size, self.per_epoch, self.accum, self.late_from = (
+            base, batch_size, per_epoch, accum, late_from
+        )  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __iter__(self):  # noqa: ANN204 - an iterator of keys
+        epoch, start = self.base.epoch, self.base.start
+        for k, index in enumerate(self.base):
+            micro = epoch * self.per_epoch + (start + k) // self.batch_size
+            late = self.late_from is not None and micro // self.accum >= self.late_from
+            yield (epoch, index, late)
+
+
+class MamaData:
+    """:class:`EpochData` of MaMA: keyed sampler, one DataLoader with persistent workers and prefetch.
+
+    Randomness of an item is a function of (seed, epoch, index) carried by its key, so the workers
+    persist across epochs; tokenisation runs in the workers (:class:`TokenizingCollate`);
+    ``pin_memory`` on CUDA (the step copies with ``non_blocking``).
+    """
+
+    def __init__(
+        self, dataset: Any, batch_size: int, seed: int, accelerator: Any, collate_fn: Any, workers: int,
+        accum: int, late_from: int | None,
+    ) -> None:  # fmt: skip
+        from torch.utils.data import DataLoader
+
+        from medlearn.engine.sampler import ResumableSampler
+
+        self.batch_size = batch_size
+        self.sampler = ResumableSampler(
+            len(dataset), seed, True, accelerator.process_index, accelerator.num_processes, drop_last=True
+        )
+        per_epoch = len(self.sampler) // batch_size
+        keys = LateKeys(self.sampler, batch_size, per_epoch, accum, late_from)
+        extra: dict[str, Any] = {"persistent_workers": True, "prefetch_factor": 4} if workers > 0 else {}
+        self.loader = DataLoader(
+            dataset, batch_size=batch_size, sampler=keys, num_workers=workers, collate_fn=collate_fn,
+            drop_last=True, pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(seed),
+            **extra,
+        )  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def epoch(self, epoch: int, start: int) -> Any:
+        self.sampler.set_epoch(epoch, start=start * self.batch_size)
+        return iter(self.loader)
+
+
+def needs_unused_detection(cfg: MamaConfig) -> bool:
+    """Whether DDP must look for parameters without a gradient (``find_unused_parameters``).
+
+    Needed when a trained module idles in some step: before ``loss.late_loss`` (image-image head,
+    local heads and local scale), or always when a term that uses them is switched off. Not needed
+    when every term runs from step 0.
+    """
+    lo = cfg.loss
+    return lo.late_loss > 0 or not (lo.clip and lo.nt_xent and lo.clip_extra and lo.sla)
 
 
 def build_optimizer(params: list[torch.nn.Parameter], cfg: MamaConfig) -> torch.optim.Optimizer:
@@ -135,7 +224,6 @@ class MamaHooks(TrainHooks):
         acc = run.accelerator
         self.cfg, self.accelerator = cfg, acc
         train_ds, self.val_ds = datasets if datasets is not None else build_datasets(cfg)
-        self.collate_fn = collate_fn or collate
         b = cfg.data.batch_size
         if len(train_ds) < b * acc.num_processes:
             raise ConfigError(
@@ -156,7 +244,24 @@ class MamaHooks(TrainHooks):
             optimizer, o.schedule, cfg.train.max_steps, o.warmup_steps, min_ratio=o.min_ratio
         )
         workers = cfg.data.num_workers if cfg.data.num_workers >= 0 else cfg.engine.num_workers
-        self.data = SamplerData(train_ds, b, cfg.engine.seed, acc, self.collate_fn, workers, drop_last=True)
+        self.collate_fn = TokenizingCollate(model.tokenizer, collate_fn)
+        lo = cfg.loss
+        if getattr(train_ds, "accepts_keys", False):  # extra images only from late_loss on
+            late_from = lo.late_loss if (lo.clip_extra or lo.nt_xent) else None
+            self.data = MamaData(
+                train_ds,
+                b,
+                cfg.engine.seed,
+                acc,
+                self.collate_fn,
+                workers,
+                cfg.engine.grad_accum_steps,
+                late_from,
+            )
+        else:  # any map-style dataset of items with an extra image
+            self.data = SamplerData(
+                train_ds, b, cfg.engine.seed, acc, self.collate_fn, workers, drop_last=True
+            )
         self.ddp_model, self.optimizer = acc.prepare(model, optimizer)
         self.model = model
         self.info = gather_info(cfg.loss.gather) if acc.num_processes > 1 else GatherInfo()
@@ -171,27 +276,48 @@ class MamaHooks(TrainHooks):
         late = step >= self.cfg.loss.late_loss
         if late != self.late:
             if self.late is not None:
-                log.info("step %d: late losses on (nt_xent, clip_extra, SLA); local heads unfrozen", step)
+                lo = self.cfg.loss
+                on = [
+                    n
+                    for n, used in (("nt_xent", lo.nt_xent), ("clip_extra", lo.clip_extra), ("SLA", lo.sla))
+                    if used
+                ]
+                log.info("step %d: late losses on (%s); local heads unfrozen", step, ", ".join(on) or "none")
             self.late = late
             self.model.set_late_phase(late)
 
     def train_step(self, batch: dict[str, Any], step: int) -> dict[str, Tensor]:
         acc, late = self.accelerator, bool(self.late)
-        enc = self.model.tokenizer(list(batch["report"]))
+        if "input_ids" not in batch:  # a caller's collate without tokenisation
+            batch.update(self.model.tokenizer(list(batch["report"])))
+        lo = self.cfg.loss
+        if late and (lo.clip_extra or lo.nt_xent) and "extra_image" not in batch:
+            raise DataError(
+                f"step {step}: the batch has no extra image although loss.late_loss={lo.late_loss}"
+            )
         dev = acc.device
+
+        def put(x: Tensor) -> Tensor:
+            return x.to(dev, non_blocking=True)
+
+        keys = report_keys(batch["report"]) if lo.dedup_reports else None
         with acc.autocast():
             out = self.ddp_model(
-                batch["image"].to(dev), enc["input_ids"].to(dev), enc["attention_mask"].to(dev),
-                batch["extra_image"].to(dev) if late else None, late,
+                put(batch["image"]), put(batch["input_ids"]), put(batch["attention_mask"]),
+                put(batch["extra_image"]) if late and "extra_image" in batch else None, late,
             )  # fmt: skip
-            terms = mama_loss(out, self.cfg.loss, late, self.info, report_keys(batch["report"]))
+            terms = mama_loss(out, lo, late, self.info, keys)
             backward_and_step(
                 acc, terms["loss"], self.optimizer, self.scheduler, self.params, self.cfg.engine.grad_clip
             )
         logs = {k: v.detach() for k, v in terms.items()}
         logs["temperature"] = 1.0 / out["scale"].detach()
         logs["local_temperature"] = 1.0 / self.model.heads.local_logit_scale.detach().exp()
-        logs["late"] = torch.tensor(float(late))
+        logs["late"] = torch.tensor(float(late), device=logs["loss"].device)
+        if acc.num_processes > 1:  # the logged losses are means over all processes (one all-reduce, no sync)
+            names = list(logs)
+            mean = acc.reduce(torch.stack([logs[k].float() for k in names]), reduction="mean")
+            logs = dict(zip(names, mean.unbind()))
         return logs
 
     def evaluate(self) -> dict[str, float]:
@@ -223,7 +349,7 @@ def train(
         stop_at: leave after this optimizer step with a checkpoint, as if interrupted (tests).
     """
     t = cfg.train
-    run = prepare_run(cfg, t.out, cfg.engine, find_unused_parameters=True)
+    run = prepare_run(cfg, t.out, cfg.engine, find_unused_parameters=needs_unused_detection(cfg))
     hooks = MamaHooks(cfg, run, datasets, collate_fn)
     spec = LoopSpec(
         checkpoint_dir=run.out / "checkpoints", epochs=t.epochs, max_steps=t.max_steps, val_every=t.val_every,

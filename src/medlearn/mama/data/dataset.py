@@ -78,12 +78,23 @@ class MammoDataset(Dataset):
         multiview_prob: probability that the extra image is another image of the exam (0.5 reference).
         same_breast_only: pair only with the other views of the same breast (default False: reference).
         seed: base seed.
+        recrop: Otsu-crop every cached image again (the reference crops online). Default False: only
+            rows that ``prepare`` did not crop (no ``crop_*`` columns, or a crop box equal to the
+            whole image) are cropped; see :func:`needs_crop`.
+
+    An index may also be a key ``(epoch, index, with_extra)`` (the training loader's sampler sends
+    these): randomness is then a function of (seed, epoch, index) without ``set_epoch``, so
+    persistent workers stay valid, and ``with_extra=False`` skips loading and augmenting the extra
+    image (before ``late_loss``). The anchor, its report and the extra image use separate random
+    streams, so the anchor and report do not depend on whether the extra image is drawn.
 
     Items: ``image`` and ``extra_image`` float32 (3, S, S) in [-1, 1]; ``report`` str; ``labels`` dict of
     int64 tensors ``birads`` (0-6), ``density`` (0-3), ``cancer`` (0/1), -1 where unknown; ``image_id``,
     ``exam_id``, ``patient_id`` str; ``extra_image_id`` str (equal to ``image_id`` when the extra image
     is a second augmentation of the same image).
     """
+
+    accepts_keys = True  # __getitem__ takes (epoch, index, with_extra) keys (see the class docstring)
 
     def __init__(
         self,
@@ -96,6 +107,7 @@ class MammoDataset(Dataset):
         multiview_prob: float = 0.5,
         same_breast_only: bool = False,
         seed: int = 0,
+        recrop: bool = False,
     ) -> None:
         validate_columns(table, REQUIRED, "per-image table (MammoDataset)")
         if len(table) == 0:
@@ -113,7 +125,9 @@ class MammoDataset(Dataset):
         self.ids = self.table[["image_id", "exam_id", "patient_id"]].astype(str).to_numpy()
         self.labels = self.table[["birads", "density", "cancer"]].fillna(-1).astype(np.int64).to_numpy()
         self.pairs = PairingIndex(self.table, same_breast_only=same_breast_only)
-        self.transform = TrainTransform(image_size) if train else EvalTransform(image_size)
+        make = TrainTransform if train else EvalTransform
+        self.transforms = {True: make(image_size, crop=True), False: make(image_size, crop=False)}
+        self.crop = np.ones(len(self.table), bool) if recrop else needs_crop(self.table)
         self.epoch: int | None = None
         self._rng: np.random.Generator | None = None
         self._rng_key: tuple[int, int] | None = None
@@ -142,21 +156,32 @@ class MammoDataset(Dataset):
             raise DataError(f"{path}: cached image missing (image_id {self.ids[i, 0]}); re-run prepare")
         return load_image(path, raw=True)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        rng = self._generator(index)
+    def _transform(self, i: int, img: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        return self.transforms[bool(self.crop[i])](img, rng)
+
+    def __getitem__(self, key: int | tuple[int, int, bool]) -> dict[str, Any]:
+        with_extra = True
+        if isinstance(key, tuple):
+            epoch, index, with_extra = int(key[0]), int(key[1]), bool(key[2])
+            rng = np.random.default_rng([self.seed, epoch, index]) if self.train else self._generator(index)
+        else:
+            index = int(key)
+            rng = self._generator(index)
+        extra_rng = np.random.default_rng(rng.integers(2**63))  # own stream: the anchor does not depend on it
         img = self._load(index)
-        image = self.transform(img, rng)
-        j = self.pairs.sample(index, rng, self.multiview_prob)
-        if j is not None:
-            extra = self.transform(self._load(j), rng)
-        else:  # a second augmentation (evaluation transforms are deterministic: reuse)
-            extra = self.transform(img, rng) if self.train else image.clone()
+        image = self._transform(index, img, rng)
         report = self.builder.render(self.parts[index], mask_prob=self.mask_prob, rng=rng)
+        j = None
+        if with_extra:
+            j = self.pairs.sample(index, extra_rng, self.multiview_prob)
+            if j is not None:
+                extra = self._transform(j, self._load(j), extra_rng)
+            else:  # a second augmentation (evaluation transforms are deterministic: reuse)
+                extra = self._transform(index, img, extra_rng) if self.train else image.clone()
         b, d, c = self.labels[index]
         image_id, exam_id, patient_id = self.ids[index]
-        return {
+        item = {
             "image": image,
-            "extra_image": extra,
             "report": report,
             "labels": {
                 "birads": torch.tensor(b, dtype=torch.int64),
@@ -164,10 +189,32 @@ class MammoDataset(Dataset):
                 "cancer": torch.tensor(c, dtype=torch.int64),
             },
             "image_id": image_id,
-            "extra_image_id": self.ids[j, 0] if j is not None else image_id,
             "exam_id": exam_id,
             "patient_id": patient_id,
         }
+        if with_extra:
+            item["extra_image"] = extra
+            item["extra_image_id"] = self.ids[j, 0] if j is not None else image_id
+        return item
+
+
+def needs_crop(table: pd.DataFrame) -> np.ndarray:
+    """(N,) bool: rows whose cached image ``prepare`` did not foreground-crop (they get the Otsu crop).
+
+    A row was cropped by ``prepare`` when it has the ``crop_y0, crop_x0, crop_y1, crop_x1`` columns
+    and a box smaller than the DICOM (``orig_rows`` x ``orig_cols``, when known).
+    """
+    cols = ("crop_y0", "crop_x0", "crop_y1", "crop_x1")
+    if not all(c in table.columns for c in cols):
+        return np.ones(len(table), bool)
+    box = table[list(cols)].apply(pd.to_numeric, errors="coerce").to_numpy(float)
+    known = np.isfinite(box).all(axis=1)
+    whole = np.zeros(len(table), bool)
+    if "orig_rows" in table.columns and "orig_cols" in table.columns:
+        rows = pd.to_numeric(table["orig_rows"], errors="coerce").to_numpy(float)
+        cols_ = pd.to_numeric(table["orig_cols"], errors="coerce").to_numpy(float)
+        whole = (box[:, 0] <= 0) & (box[:, 1] <= 0) & (box[:, 2] >= rows) & (box[:, 3] >= cols_)
+    return ~known | whole
 
 
 def collate_mammo(batch: list[dict[str, Any]]) -> dict[str, Any]:

@@ -53,6 +53,20 @@ def enable_checkpointing(model: nn.Module, every_n_layers: int = 1) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
+def check_attention(key: str, value: str) -> None:
+    """Refuse ``flash_attention_2`` when the flash-attn package is missing (it needs a CUDA GPU too).
+
+    Raises:
+        ConfigError: naming the key.
+    """
+    if value != "flash_attention_2":
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("flash_attn") is None:
+        raise ConfigError(f"{key}=flash_attention_2 needs the flash-attn package and a CUDA GPU; use sdpa")
+
+
 def build_dinov2(cfg: ImageTowerConfig) -> nn.Module:
     """A ``Dinov2WithRegistersModel`` from a hub name / local directory, or random from ``cfg.arch``.
 
@@ -61,6 +75,7 @@ def build_dinov2(cfg: ImageTowerConfig) -> nn.Module:
     """
     from transformers import AutoModel, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
+    check_attention("model.image.attn_implementation", cfg.attn_implementation)
     if cfg.name == "random":
         unknown = sorted(set(cfg.arch) - set(ARCH_KEYS))
         if unknown:

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from medlearn.errors import ConfigError
 from medlearn.mama.config import TextTowerConfig
-from medlearn.mama.modeling.image_tower import enable_checkpointing
+from medlearn.mama.modeling.image_tower import check_attention, enable_checkpointing
 
 log = logging.getLogger(__name__)
 
@@ -175,26 +175,26 @@ class TextFeatures:
     sentence_mask: Tensor
 
 
-def sentence_states(hidden: Tensor, is_sep: Tensor) -> tuple[Tensor, Tensor]:
+def sentence_states(hidden: Tensor, is_sep: Tensor, max_sentences: int = 0) -> tuple[Tensor, Tensor]:
     """Gather the hidden states at separator positions.
 
     Args:
         hidden: (B, L, D) token states.
         is_sep: (B, L) bool, True at (non-padding) separator tokens.
+        max_sentences: S, the number of sentence slots (separators after the S-th are ignored);
+            0 = the most separators of any row (at least 1), which needs one host synchronisation.
     Returns:
-        sentences (B, S, D) with S = max separators per row (at least 1), zero where absent, and the
-        (B, S) bool mask of present sentences.
+        sentences (B, S, D), zero where absent, and the (B, S) bool mask of present sentences.
+        With ``max_sentences > 0`` no shape depends on the data and nothing waits for the device.
     """
     b, _, d = hidden.shape
-    counts = is_sep.sum(dim=1)
-    s = max(1, int(counts.max().item()) if b else 1)
-    slot = is_sep.long().cumsum(dim=1) - 1
-    rows, cols = is_sep.nonzero(as_tuple=True)
-    out = hidden.new_zeros(b, s, d)
-    out = out.index_put((rows, slot[rows, cols]), hidden[rows, cols])
-    mask = torch.zeros(b, s, dtype=torch.bool, device=hidden.device)
-    mask[rows, slot[rows, cols]] = True
-    return out, mask
+    s = max_sentences if max_sentences > 0 else max(1, int(is_sep.sum(dim=1).max().item()) if b else 1)
+    slot = is_sep.long().cumsum(dim=1) - 1  # (B, L): sentence index of each separator
+    keep = is_sep & (slot < s)
+    dest = torch.where(keep, slot, torch.full_like(slot, s))  # everything else goes to a spare slot S
+    out = hidden.new_zeros(b, s + 1, d).scatter(1, dest.unsqueeze(-1).expand(-1, -1, d), hidden)
+    mask = torch.zeros(b, s + 1, dtype=torch.bool, device=hidden.device).scatter(1, dest, keep)
+    return out[:, :s], mask[:, :s]
 
 
 def masked_mean(hidden: Tensor, mask: Tensor) -> Tensor:
@@ -207,6 +207,7 @@ def build_language_model(cfg: TextTowerConfig, tokenizer: ReportTokenizer) -> nn
     """The base model (no LM head) from a name / directory, or random from ``cfg.arch`` sized to ``tokenizer``."""
     from transformers import AutoConfig, AutoModel
 
+    check_attention("model.text.attn_implementation", cfg.attn_implementation)
     if cfg.name == "random":
         arch = dict(cfg.arch)
         model_type = arch.pop("model_type", None)
@@ -224,10 +225,12 @@ def build_language_model(cfg: TextTowerConfig, tokenizer: ReportTokenizer) -> nn
             hf_cfg = AutoConfig.for_model(model_type, **{**special, **arch})
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"model.text.arch: {exc}") from None
-        return AutoModel.from_config(hf_cfg, attn_implementation="sdpa")
+        return AutoModel.from_config(hf_cfg, attn_implementation=cfg.attn_implementation)
     src = _source(cfg.name)
     try:
-        return AutoModel.from_pretrained(src, local_files_only=Path(src).is_dir(), attn_implementation="sdpa")
+        return AutoModel.from_pretrained(
+            src, local_files_only=Path(src).is_dir(), attn_implementation=cfg.attn_implementation
+        )
     except (OSError, ValueError) as exc:
         raise ConfigError(f"model.text.name='{cfg.name}': cannot load the language model ({exc})") from None
 
@@ -275,7 +278,7 @@ class TextTower(nn.Module):
             cfg.separator,
             bos_token=cfg.bos_token,
             eos_token=cfg.eos_token,
-            pad_to_max_length=cfg.pooling == "all_tokens",
+            pad_to_max_length=cfg.pooling == "all_tokens" or cfg.padding == "max_length",
         )
         # seeded: random bases, rows of added tokens and LoRA A matrices are rebuilt identically on
         # every process and on resume
@@ -321,5 +324,5 @@ class TextTower(nn.Module):
         else:  # reference: mean over every position, padding included
             pooled = hidden.mean(dim=1)
         is_sep = (input_ids == self.tokenizer.sep_id) & attention_mask.bool()
-        sentences, smask = sentence_states(hidden, is_sep)
+        sentences, smask = sentence_states(hidden, is_sep, self.cfg.max_sentences)
         return TextFeatures(pooled=pooled, sentences=sentences, sentence_mask=smask)
