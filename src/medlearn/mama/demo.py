@@ -50,6 +50,29 @@ def _curves(metrics: list[dict], out: Path, n_val: int = 0) -> tuple[Path, Path]
     return loss_png, ret_png
 
 
+def loss_overview(records: list[dict], late_loss: int) -> dict[str, float | None]:
+    """First and last values that can be compared: the CLIP term (on from step 1) and the total after
+    ``late_loss`` (the total jumps there, when four more terms switch on, so its first value overall
+    would read as divergence).
+
+    Args:
+        records: ``metrics.jsonl`` records with ``loss`` (logged optimizer steps, counted from 1).
+        late_loss: the step index from which the late terms are on (logged step ``late_loss + 1``).
+    """
+
+    def pick(rows: list[dict], key: str, i: int) -> float | None:
+        rows = [r for r in rows if key in r]
+        return round(float(rows[i][key]), 3) if rows else None
+
+    late = [r for r in records if r["step"] > late_loss]
+    return {
+        "clip_loss_first": pick(records, "clip", 0),
+        "clip_loss_last": pick(records, "clip", -1),
+        "total_loss_first_after_late": pick(late, "loss", 0),
+        "total_loss_last": pick(late or records, "loss", -1),
+    }
+
+
 def run_demo(out: Path, report: Any, fresh: bool) -> dict[str, Any]:
     """Synthesise EMBED-format data, prepare it, pre-train the ``demo`` preset, report the curves."""
     from medlearn.config import load_config, resolve_preset
@@ -87,7 +110,9 @@ def run_demo(out: Path, report: Any, fresh: bool) -> dict[str, Any]:
         "MaMA pre-training",
         f"Synthetic EMBED-format data ({DEMO_PATIENTS} patients, DICOM + tables) was prepared and the demo preset "
         f"(random small DINOv2-with-registers + pre-trained MiniLM with LoRA) pre-trained for {summary['step']} "
-        f"steps; the multi-view and local losses start at step {cfg.loss.late_loss}. Retrieval over the "
+        f"steps; the multi-view and local losses start at step {cfg.loss.late_loss}, so the total loss jumps "
+        "there (five terms instead of one): compare the CLIP term over the whole run, and the total only "
+        f"after step {cfg.loss.late_loss}. Retrieval over the "
         f"{n_val} validation images counts a hit when the retrieved report text equals the query's report "
         "(chance about k / N for top-k; the reports also hold patient facts no image shows).",
     )
@@ -113,8 +138,7 @@ def run_demo(out: Path, report: Any, fresh: bool) -> dict[str, Any]:
     res = {
         "steps": summary["step"],
         "data_s": round(t_data, 1),
-        "first_loss": round(losses[0]["loss"], 3) if losses else None,
-        "last_loss": round(losses[-1]["loss"], 3) if losses else None,
+        **loss_overview(losses, cfg.loss.late_loss),
         "val_i2t_top1": round(last.get("val_i2t_top1", float("nan")), 3),
         "val_t2i_top5": round(last.get("val_t2i_top5", float("nan")), 3),
         **{k: v for k, v in evaluation.items() if isinstance(v, (int, float))},

@@ -46,6 +46,9 @@ def plot_confusion(cm: Sequence[Sequence[int]], names: Sequence[str], title: str
     return save_figure(fig, path)
 
 
+ONE_CLASS = "test split has one class: AUC and ROC undefined"
+
+
 def plot_roc(y: Any, probs: Any, names: Sequence[str], title: str, path: str | Path) -> Path:
     """ROC curves: the positive class for binary tasks, one-vs-rest per class otherwise."""
     import matplotlib.pyplot as plt
@@ -55,17 +58,22 @@ def plot_roc(y: Any, probs: Any, names: Sequence[str], title: str, path: str | P
     p = np.asarray(probs, dtype=float)
     fig, ax = plt.subplots(figsize=(4, 4))
     classes = [1] if p.shape[1] == 2 else list(range(p.shape[1]))
+    drawn = 0
     for k in classes:
         pos = y == k
         if not pos.any() or pos.all():
             continue
         fpr, tpr, _ = roc_curve(pos.astype(int), p[:, k])
         ax.plot(fpr, tpr, label=f"{names[k]} (AUC {roc_auc_score(pos.astype(int), p[:, k]):.3f})")
+        drawn += 1
     ax.plot([0, 1], [0, 1], ls=":", c="grey")
     ax.set_xlabel("1 - specificity")
     ax.set_ylabel("sensitivity")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    if drawn:
+        ax.legend(fontsize=7, loc="lower right")
+    else:  # every label is the same class: no ROC exists
+        ax.text(0.5, 0.5, ONE_CLASS, ha="center", va="center", fontsize=9, transform=ax.transAxes)
     return save_figure(fig, path)
 
 
