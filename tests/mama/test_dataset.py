@@ -118,3 +118,45 @@ def test_set_epoch_makes_samples_a_function_of_epoch_and_index(prepared):
     batch = next(iter(loader))
     assert batch["report"] == [x["report"] for x in a]
     torch.testing.assert_close(batch["image"], torch.stack([x["image"] for x in a]))
+
+
+def test_keyed_items_skip_the_extra_view_without_changing_the_anchor(prepared):
+    table, root = prepared
+    embed = table[table["source"] == "embed"].reset_index(drop=True)
+    ds = MammoDataset(embed, root, train=True, image_size=16, seed=5)
+    for i in range(4):
+        with_extra, without = ds[(3, i, True)], ds[(3, i, False)]
+        torch.testing.assert_close(with_extra["image"], without["image"])  # anchor and report: own stream
+        assert with_extra["report"] == without["report"]
+        assert "extra_image" in with_extra and "extra_image" not in without
+        again = ds[(3, i, True)]  # a function of (seed, epoch, index)
+        torch.testing.assert_close(again["extra_image"], with_extra["extra_image"])
+    assert not torch.equal(ds[(4, 0, False)]["image"], ds[(3, 0, False)]["image"])  # new epoch, new draw
+
+
+def test_prepared_images_are_not_cropped_twice(prepared):
+    from medlearn.mama.data.dataset import needs_crop
+
+    table, _ = prepared
+    assert not needs_crop(table).any()  # prepare cropped every row (crop box smaller than the DICOM)
+    whole = table.assign(crop_y0=0, crop_x0=0, crop_y1=table["orig_rows"], crop_x1=table["orig_cols"])
+    assert needs_crop(whole).all()  # prepared without a crop: the evaluation/augmentation crops
+    assert needs_crop(table.drop(columns=["crop_y0"])).all()  # not from prepare: crop
+    ds = MammoDataset(
+        table[table["source"] == "embed"].reset_index(drop=True), prepared[1], False, 16, recrop=True
+    )
+    assert ds.crop.all()  # data.recrop=true: the reference's second crop
+
+
+def test_late_keys_follow_the_loops_step_count():
+    from medlearn.engine.sampler import ResumableSampler
+    from medlearn.mama.train import LateKeys
+
+    base = ResumableSampler(24, seed=0, shuffle=False)
+    keys = LateKeys(base, batch_size=4, per_epoch=6, accum=2, late_from=2)  # steps: micro-batches // 2
+    base.set_epoch(0)
+    flags = [late for _, _, late in keys]
+    assert flags == [False] * 16 + [True] * 8  # micro-batches 0-3 are steps 0-1; from micro-batch 4 on: late
+    base.set_epoch(1, start=4)  # resumed in epoch 1 at micro-batch 1: step (6 + 1) // 2 = 3
+    assert {late for _, _, late in keys} == {True} and next(iter(keys))[:2] == (1, 4)
+    assert not any(late for _, _, late in LateKeys(base, 4, 6, 2, None))  # no term uses the extra view
