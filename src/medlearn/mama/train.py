@@ -349,14 +349,14 @@ def train(
         stop_at: leave after this optimizer step with a checkpoint, as if interrupted (tests).
     """
     t = cfg.train
-    run = prepare_run(cfg, t.out, cfg.engine, find_unused_parameters=needs_unused_detection(cfg))
-    hooks = MamaHooks(cfg, run, datasets, collate_fn)
-    spec = LoopSpec(
-        checkpoint_dir=run.out / "checkpoints", epochs=t.epochs, max_steps=t.max_steps, val_every=t.val_every,
-        resume=t.resume, validate_at_start=t.val_every > 0, desc="mama train", stop_at=stop_at,
-    )  # fmt: skip
-    result = fit(run, hooks, spec)
-    run.close()
+    with prepare_run(cfg, t.out, cfg.engine, find_unused_parameters=needs_unused_detection(cfg)) as run:
+        hooks = MamaHooks(cfg, run, datasets, collate_fn)
+        spec = LoopSpec(
+            checkpoint_dir=run.out / "checkpoints", epochs=t.epochs, max_steps=t.max_steps,
+            val_every=t.val_every, resume=t.resume, validate_at_start=t.val_every > 0, desc="mama train",
+            stop_at=stop_at,
+        )  # fmt: skip
+        result = fit(run, hooks, spec)
     n_val = len(hooks.val_ds) if cfg.data.val_max <= 0 else min(len(hooks.val_ds), cfg.data.val_max)
     return {
         "step": result.step,
