@@ -1,179 +1,170 @@
-"""MRSI speed benchmark: training iterations/s (generator + n_critic WGAN-GP critic steps), inference
-maps/s and peak memory, for the paper/small configurations, per-sample (mixed batch) versus per-batch
-(reference) conditioning, on CPU and on a GPU when one is visible.
+"""MRSI speed benchmark through the real training path: optimizer steps/s (one step = the generator
+forward, ``adversarial.n_critic`` WGAN-GP critic steps, the generator step), samples/s, peak memory,
+and generator inference maps/s at batch 64.
+
+``bench()`` writes synthetic patients in the reference npy layout to a temporary folder, trains with
+:func:`medlearn.mrsi.train.train` (the function ``medlearn mrsi train`` runs: the real DataLoader,
+hooks and :func:`medlearn.engine.loop.fit`) for ``warmup + steps`` optimizer steps, and reads the
+step rate from the run's ``metrics.jsonl`` (one record per step, wall-clock ``time``) after the
+warm-up.  Inference runs the trained generator on a mixed-condition batch of 64 maps.
 
 Usage::
 
-    python benchmarks/mrsi_speed.py                  # paper + small, CPU (+ GPU if present)
-    python benchmarks/mrsi_speed.py --quick          # small only, batch 2, 1 timed iteration
-    python benchmarks/mrsi_speed.py --configs paper --device cuda --batch 8 --infer-batch 64
-
-One training iteration is the real :func:`medlearn.mrsi.train.train_step` (generator forward,
-``adversarial.n_critic`` critic steps with gradient penalty, generator step) on random tensors of
-the configuration's shapes.  Per-sample rows draw a different (n, metabolite, lambda) for every
-sample; per-batch rows share one condition per batch, as the reference requires.
+    python benchmarks/mrsi_speed.py                                # tiny + demo on this machine
+    python benchmarks/mrsi_speed.py --configs paper --device cuda --steps 40 --json mrsi_speed.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import resource
+import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from medlearn.config import load_config
-from medlearn.engine import build_accelerator, count_parameters
+from medlearn.engine import count_parameters
 from medlearn.mrsi.config import MRSIConfig
 from medlearn.mrsi.constants import METABOLITES
-from medlearn.mrsi.train import _make_nets, train_step
+from medlearn.mrsi.evaluate import load_generator
+from medlearn.mrsi.kspace import truncate_kspace
+from medlearn.mrsi.train import train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "mrsi"
+GRID = {"tiny": 16, "demo": 32, "small": 64, "paper": 64}  # the map grid each preset is sized for
 
 
-def _batch(
-    b: int, grid: int, per_sample: bool, n_choices: list[int], device: torch.device, seed: int = 0
-) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    from medlearn.mrsi.kspace import truncate_kspace
-
-    hr = torch.rand(b, 1, grid, grid, generator=g)
-    if per_sample:
-        n = torch.tensor(n_choices)[torch.randint(len(n_choices), (b,), generator=g)]
-        met = torch.randint(len(METABOLITES), (b,), generator=g)
-    else:
-        n = torch.full((b,), n_choices[len(n_choices) // 2])
-        met = torch.zeros(b, dtype=torch.long)
-    return {
-        "hr": hr.to(device),
-        "lr": truncate_kspace(hr, n).to(device),
-        "mask": torch.ones(b, 1, grid, grid, device=device),
-        "t1": torch.rand(b, 1, 3 * grid, 3 * grid, 3, generator=g).to(device),
-        "flair": torch.rand(b, 1, 3 * grid, 3 * grid, 3, generator=g).to(device),
-        "n": n.to(device),
-        "met": met.to(device),
-    }
+def write_patients(root: Path, grid: int, n_patients: int = 3, slices: int = 2, seed: int = 0) -> Path:
+    """Smooth random maps (zero rim) and matching T1/FLAIR stacks in the reference npy layout."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:grid, 0:grid] / grid
+    brain = (yy - 0.5) ** 2 + (xx - 0.5) ** 2 < 0.42**2
+    for p in range(1, n_patients + 1):
+        pdir = root / f"Patient{p}"
+        (pdir / "Met_filtered").mkdir(parents=True)
+        (pdir / "MRI_sliced").mkdir(parents=True)
+        tissue = np.stack([1 + np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 0.02)
+                           for cy, cx in rng.uniform(0.3, 0.7, (slices, 2))]).astype(np.float32)  # fmt: skip
+        for m, met in enumerate(METABOLITES):
+            maps = tissue * (1 + 0.2 * m) + rng.normal(0, 0.02, tissue.shape)
+            np.save(pdir / "Met_filtered" / f"{met}.npy", (maps * brain).astype(np.float32))
+        mri = np.repeat(np.repeat(np.repeat(tissue, 3, 0), 3, 1), 3, 2)
+        np.save(pdir / "MRI_sliced" / "T1_sliced.npy", mri)
+        np.save(pdir / "MRI_sliced" / "flair_sliced.npy", (2.5 - mri).astype(np.float32))
+    return root
 
 
-def _sync(device: torch.device) -> None:
+def _rate(metrics: Path, warmup: int) -> float:
+    """Optimizer steps per second between the records of step ``warmup`` and the last step."""
+    recs = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+    t = {int(r["step"]): float(r["time"]) for r in recs if "loss" in r}
+    last = max(t)
+    return (last - warmup) / max(t[last] - t[warmup], 1e-9)
+
+
+def _peak_gib(device: torch.device) -> float:
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux: process peak
 
 
-def _peak_mib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux (process peak)
+def _infer(gen: torch.nn.Module, grid: int, batch: int, device: torch.device, reps: int) -> float:
+    """Maps/s of the generator on a mixed batch (every sample its own n, metabolite, lambda)."""
+    g = torch.Generator().manual_seed(0)
+    hr = torch.rand(batch, 1, grid, grid, generator=g)
+    n = torch.randint(grid // 8, grid // 4 + 1, (batch,), generator=g)
+    args = [torch.rand(batch, 1, 3 * grid, 3 * grid, 3, generator=g) for _ in range(2)]
+    args += [truncate_kspace(hr, n), n, torch.randint(len(METABOLITES), (batch,), generator=g),
+             torch.rand(batch, generator=g) * 0.1]  # fmt: skip
+    args = [a.to(device) for a in args]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *_: None)
+    with torch.no_grad():
+        gen(*args)
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            gen(*args)
+        sync()
+    return batch * reps / (time.perf_counter() - t0)
 
 
 def bench(
-    name: str,
-    device: str,
-    per_sample: bool,
-    batch: int,
-    infer_batch: int,
-    iters: int,
-    warmup: int,
-    precision: str,
+    config: str = "tiny",
+    steps: int = 12,
+    device: str = "auto",
+    precision: str | None = None,
+    overrides: Sequence[str] = (),
+    warmup: int = 3,
+    infer_batch: int = 64,
+    infer_reps: int = 3,
 ) -> dict:
-    """One table row for config ``name``."""
-    cfg = load_config(
-        MRSIConfig,
-        CONFIGS / f"{name}.yaml",
-        [f"engine.device={device}", f"model.per_sample={str(per_sample).lower()}", f"engine.precision={precision}",
-         "engine.progress=false", "engine.tensorboard=false"],
-    )  # fmt: skip
-    grid = 64 if name in ("paper", "small") else 16
-    acc = build_accelerator(cfg.engine)
-    dev = acc.device
-    torch.manual_seed(0)
-    nets = _make_nets(cfg, (grid, grid), steps_per_epoch=1000)
-    nets.gen.to(dev)
-    nets.critic.to(dev)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    batches = [
-        _batch(batch, grid, per_sample, cfg.data.n_choices, dev, seed=i) for i in range(warmup + iters)
-    ]
-    for i in range(warmup):
-        train_step(cfg, nets, batches[i], acc, i)
-    _sync(dev)
-    t0 = time.perf_counter()
-    for i in range(iters):
-        train_step(cfg, nets, batches[warmup + i], acc, warmup + i)
-    _sync(dev)
-    train_s = (time.perf_counter() - t0) / iters
-    ib = _batch(infer_batch, grid, per_sample, cfg.data.n_choices, dev, seed=99)
-    gen = nets.gen.eval()
-    lam = torch.full((infer_batch,), 0.05, device=dev)
-    with torch.no_grad(), acc.autocast():
-        gen(ib["t1"], ib["flair"], ib["lr"], ib["n"], ib["met"], lam, ib["mask"])
-        _sync(dev)
-        t0 = time.perf_counter()
-        reps = max(1, iters)
-        for _ in range(reps):
-            gen(ib["t1"], ib["flair"], ib["lr"], ib["n"], ib["met"], lam, ib["mask"])
-        _sync(dev)
-    infer_s = (time.perf_counter() - t0) / reps
+    """Train preset ``config`` for ``warmup + steps`` optimizer steps through ``train()``; one result row.
+
+    Returns:
+        ``task, config, device, precision, batch, steps, it_per_s, samples_per_s, peak_mem_gib,
+        maps_per_s`` (inference at ``infer_batch``), ``params_G``, ``n_critic``.
+    """
+    grid = GRID.get(config, 64)
+    with tempfile.TemporaryDirectory(prefix="mrsi-speed-") as tmp:
+        data = write_patients(Path(tmp) / "npy", grid)
+        out = Path(tmp) / "run"
+        ov = [f"data.root={data}", "data.k_folds=1", "data.n_val=0", "data.n_test=1", f"train.out={out}",
+              f"train.max_steps={warmup + steps}", "train.epochs=100000", "train.val_every=1000000",
+              f"engine.device={device}", "engine.log_every=1", "engine.ckpt_every=1000000",
+              "engine.progress=false", "engine.tensorboard=false"]  # fmt: skip
+        if precision:
+            ov.append(f"engine.precision={precision}")
+        cfg = load_config(MRSIConfig, CONFIGS / f"{config}.yaml", [*ov, *overrides])
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        train(cfg)
+        it_s = _rate(out / "metrics.jsonl", warmup)
+        dev = torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
+        peak = _peak_gib(dev)
+        gen, _ = load_generator(out, str(dev))
+        maps_s = _infer(gen, grid, infer_batch, dev, infer_reps)
+    batch = cfg.train.batch_size
     return {
-        "config": name,
-        "device": str(dev),
-        "conditioning": "per-sample (mixed)" if per_sample else "per-batch (reference)",
-        "params_G": count_parameters(nets.gen),
-        "batch": batch,
-        "train_it_s": 1.0 / train_s,
-        "train_samples_s": batch / train_s,
-        "infer_batch": infer_batch,
-        "infer_maps_s": infer_batch / infer_s,
-        "peak_mem_MiB": _peak_mib(dev),
-    }
+        "task": "mrsi", "config": config, "device": str(dev), "precision": cfg.engine.precision, "batch": batch,
+        "steps": steps, "it_per_s": it_s, "samples_per_s": it_s * batch, "peak_mem_gib": peak,
+        "maps_per_s": maps_s, "infer_batch": infer_batch, "params_G": count_parameters(gen),
+        "n_critic": cfg.adversarial.n_critic,
+    }  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--configs", default="paper,small")
-    p.add_argument("--device", default="all", help="cpu, cuda or all (cpu + cuda when visible)")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--infer-batch", type=int, default=16)
-    p.add_argument("--iters", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--quick", action="store_true", help="small only, batch 2, 1 iteration, CPU")
+    p.add_argument("--configs", default="tiny,demo")
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default=None)
+    p.add_argument("--infer-batch", type=int, default=64)
+    p.add_argument("--json", default="", help="write the rows here")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides for every config")
     a = p.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    configs = a.configs.split(",")
-    devices = ["cpu", "cuda"] if a.device == "all" else [a.device]
-    if a.quick:
-        configs, devices, a.batch, a.infer_batch, a.iters, a.warmup = ["small"], ["cpu"], 2, 4, 1, 1
-    devices = [d for d in devices if d != "cuda" or torch.cuda.is_available()]
     rows = []
-    for dev in devices:
-        for name in configs:
-            for per_sample in (True, False):
-                rows.append(
-                    bench(name, dev, per_sample, a.batch, a.infer_batch, a.iters, a.warmup, a.precision)
-                )
-                r = rows[-1]
-                print(
-                    f"  done {r['config']} {r['device']} {r['conditioning']}: {r['train_it_s']:.3g} it/s",
-                    flush=True,
-                )
-    cols = list(rows[0])
+    for name in a.configs.split(","):
+        rows.append(bench(name, a.steps, a.device, a.precision, a.overrides, a.warmup, a.infer_batch))
+    cols = ["config", "device", "precision", "batch", "n_critic", "params_G", "it_per_s", "samples_per_s",
+            "maps_per_s", "peak_mem_gib"]  # fmt: skip
     print("| " + " | ".join(cols) + " |")
     print("| " + " | ".join("---" for _ in cols) + " |")
     for r in rows:
-        print("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
+        print("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(rows, indent=2))
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    best = max(rows, key=lambda r: r["train_it_s"])
-    print(
-        f"summary: torch {torch.__version__}, {platform.processor() or platform.machine()}, threads "
-        f"{torch.get_num_threads()}, {gpu}, {a.precision}; fastest training: {best['config']} {best['device']} "
-        f"{best['conditioning']} {best['train_it_s']:.3g} it/s at batch {best['batch']}"
-    )
+    print(f"summary: torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads, {gpu}: "
+          + ", ".join(f"{r['config']} {r['it_per_s']:.3g} it/s (batch {r['batch']}), {r['maps_per_s']:.4g} maps/s"
+                      for r in rows))  # fmt: skip
     return 0
 
 

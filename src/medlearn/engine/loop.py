@@ -363,7 +363,12 @@ def fit(run: Run, hooks: TrainHooks, spec: LoopSpec) -> LoopResult:
     steps_per_epoch = per_epoch // engine.grad_accum_steps
     total = _total_steps(spec, steps_per_epoch)
     ckpt = Checkpointer(spec.checkpoint_dir, acc, keep_last=engine.keep_last)
-    best_ckpt = Checkpointer(spec.best_dir, acc, keep_last=0) if spec.best_dir else None
+    # the best model is written by the main process alone (no barriers inside: the other ranks never call it)
+    best_ckpt = Checkpointer(spec.best_dir, None, keep_last=0) if spec.best_dir else None
+
+    def best_models() -> dict[str, nn.Module]:
+        return {k: acc.unwrap_model(m) for k, m in (hooks.best_models or hooks.models).items()}
+
     better = (lambda a, b: a < b) if spec.mode == "min" else (lambda a, b: a > b)
 
     # ---- resume (from the newest whole checkpoint: a damaged one is skipped with a warning)
@@ -396,8 +401,8 @@ def fit(run: Run, hooks: TrainHooks, spec: LoopSpec) -> LoopResult:
             value = metrics.get(spec.select) if spec.select else None
             if value is not None and best_ckpt is not None and (best is None or better(value, best)):
                 best = float(value)
-                best_ckpt.save(step, hooks.best_models or hooks.models, extra={"epoch": epoch, **metrics},
-                               tag="best", update_latest=False)  # fmt: skip
+                best_ckpt.save(step, best_models(), extra={"epoch": epoch, **metrics}, tag="best",
+                               update_latest=False)  # fmt: skip
         acc.wait_for_everyone()
         return metrics
 
@@ -470,9 +475,7 @@ def fit(run: Run, hooks: TrainHooks, spec: LoopSpec) -> LoopResult:
                     save()  # one resumable checkpoint per epoch when no step cadence is set
     finished = step >= total
     if finished and best_ckpt is not None and best is None and run.is_main:  # nothing validated: best = last
-        best_ckpt.save(
-            step, hooks.best_models or hooks.models, extra={"epoch": epoch}, tag="best", update_latest=False
-        )
+        best_ckpt.save(step, best_models(), extra={"epoch": epoch}, tag="best", update_latest=False)
     acc.wait_for_everyone()
     final = save(tag="final") if finished else None
     if signal_num is not None and stop.signum is not None:

@@ -75,6 +75,12 @@ class ModelConfig:
         lambda_scale: multiplier on lambda before the conditional-IN MLPs; null (ours, default) =
             1 / (adversarial.lambda_low + lambda_span), so the MLPs see values in [0, 1]; 1.0 feeds raw
             lambda as the reference does.
+        batched_conditioning: evaluate all conditioning MLPs (Filter Scaling, conditional IN) once
+            per forward as stacked batched matmuls (default); false runs each layer's MLPs in its
+            block (the same numbers up to float rounding; slower).
+        lambda_offset: conditional IN as ``base + S(lambda) - S(0)``: at lambda = 0 every norm is a
+            plain learned affine that does not depend on the lambda MLP; false = the reference
+            ``S(lambda)``.
     """
 
     arch: str = "mcm"
@@ -86,6 +92,8 @@ class ModelConfig:
     data_consistency: str = "reference"
     gamma_init: float = 1.0
     lambda_scale: float | None = None
+    batched_conditioning: bool = True
+    lambda_offset: bool = False
 
 
 @dataclass
@@ -106,6 +114,9 @@ class LossConfig:
         ssim_upsample: bicubic factor before MS-SSIM (3 = reference 64 -> 192).
         ssim_win: Gaussian window (11 reference; must be < side/16 + 1 after upsampling).
         ssim_levels: MS-SSIM scales (5 reference; 1 = SSIM).
+        ssim_data_range: ``sample`` (ours, default): each map's MS-SSIM uses its own target's range
+            (max - min), so a sample's loss does not depend on its batch-mates and 2 ranks x half a
+            batch equal 1 x the whole batch; ``batch`` (reference): one range for the whole batch.
     """
 
     l1_weight: float = 0.16
@@ -113,6 +124,7 @@ class LossConfig:
     ssim_upsample: int = 3
     ssim_win: int = 11
     ssim_levels: int = 5
+    ssim_data_range: str = "sample"
 
 
 @dataclass
@@ -125,6 +137,9 @@ class AdversarialConfig:
         zero_fraction: probability that lambda is 0 (10% in the reference).
         fixed_lambda: train with this constant lambda instead (fixed-lambda conditional GAN baseline).
         n_critic: critic steps per generator step (5); gp_weight: gradient-penalty weight (10).
+        route: which generator parameters the adversarial term trains: ``all`` (reference) or
+            ``lambda_path`` (only the lambda MLPs of the conditional norms; the content loss
+            still trains everything).
     """
 
     enabled: bool = True
@@ -134,17 +149,23 @@ class AdversarialConfig:
     fixed_lambda: float | None = None
     n_critic: int = 5
     gp_weight: float = 10.0
+    route: str = "all"
 
 
 @dataclass
 class OptimConfig:
-    """Adam for both networks with step decay ``gamma`` every ``step_epochs`` epochs."""
+    """Adam for both networks with step decay ``gamma`` every ``step_epochs`` epochs.
+
+    ``fused``: PyTorch's fused Adam kernel (CPU and CUDA; same update up to float rounding);
+    false = the default multi-tensor Adam.
+    """
 
     lr: float = 1e-4
     critic_lr: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
     step_epochs: int = 40
     gamma: float = 0.5
+    fused: bool = True
 
 
 @dataclass
@@ -219,6 +240,14 @@ def validate(cfg: MRSIConfig) -> None:
         raise ConfigError(f"adversarial.zero_fraction must be in [0, 1], got {cfg.adversarial.zero_fraction}")
     if cfg.adversarial.lambda_span < 0 or cfg.adversarial.lambda_low < 0:
         raise ConfigError("adversarial.lambda_low and lambda_span must be >= 0")
+    if cfg.adversarial.route not in ("all", "lambda_path"):
+        raise ConfigError(f"adversarial.route='{cfg.adversarial.route}' is not 'all' or 'lambda_path'")
+    if cfg.adversarial.route == "lambda_path" and cfg.model.arch != "mcm":
+        raise ConfigError(
+            f"adversarial.route=lambda_path needs the conditional norms of model.arch=mcm, got '{cfg.model.arch}'"
+        )
+    if cfg.loss.ssim_data_range not in ("sample", "batch"):
+        raise ConfigError(f"loss.ssim_data_range='{cfg.loss.ssim_data_range}' is not 'sample' or 'batch'")
     if len(cfg.optim.betas) != 2:
         raise ConfigError(f"optim.betas must have 2 values, got {cfg.optim.betas}")
     if cfg.train.batch_size < 1 or cfg.train.epochs < 1:

@@ -38,14 +38,19 @@ def l1_loss(sr: Tensor, hr: Tensor) -> Tensor:
     return F.l1_loss(sr, hr)
 
 
-def ms_ssim_loss(sr: Tensor, hr: Tensor, upsample: int = 3, win_size: int = 11, levels: int = 5) -> Tensor:
-    """``1 - MS-SSIM`` of bicubic-upsampled maps; data range = max - min of the (upsampled) target batch.
+def ms_ssim_loss(
+    sr: Tensor, hr: Tensor, upsample: int = 3, win_size: int = 11, levels: int = 5, data_range: str = "batch"
+) -> Tensor:
+    """``1 - MS-SSIM`` of bicubic-upsampled maps, averaged over the batch.
 
     Args:
         sr, hr: (B, 1, H, W).
         upsample: bicubic factor (align_corners=True) before MS-SSIM; 1 disables it.
         win_size: odd Gaussian window size (11 in the reference).
         levels: scales (1..5); 1 is plain SSIM.
+        data_range: ``"batch"`` (reference): max - min of the whole (upsampled) target batch;
+            ``"sample"``: each map's own target max - min, so a sample's term does not depend on
+            its batch-mates.
     Raises:
         ValueError: if the upsampled maps are too small for the window.
     """
@@ -61,13 +66,19 @@ def ms_ssim_loss(sr: Tensor, hr: Tensor, upsample: int = 3, win_size: int = 11, 
             f"MS-SSIM on {side}px maps needs win_size < {side // 16 + 1} (pytorch_msssim asserts side > "
             f"(win_size-1)*16); got win_size={win_size}. Lower loss.ssim_win or raise loss.ssim_upsample."
         )
-    data_range = (hr.max() - hr.min()).clamp_min(1e-8)
+    if data_range == "sample":
+        flat = hr.reshape(hr.shape[0], -1)
+        rng: Tensor = (flat.amax(1) - flat.amin(1)).clamp_min(1e-8).reshape(-1, 1, 1, 1)
+    elif data_range == "batch":
+        rng = (hr.max() - hr.min()).clamp_min(1e-8)
+    else:
+        raise ValueError(f"data_range must be 'batch' or 'sample', got {data_range!r}")
     if levels == 1:
-        val = ssim(sr, hr, data_range=data_range, win_size=win_size, size_average=True)
+        val = ssim(sr, hr, data_range=rng, win_size=win_size, size_average=True)
     else:
         w = torch.tensor(MSSSIM_WEIGHTS[:levels])
         weights = (w / w.sum()).tolist()
-        val = ms_ssim(sr, hr, data_range=data_range, win_size=win_size, weights=weights, size_average=True)
+        val = ms_ssim(sr, hr, data_range=rng, win_size=win_size, weights=weights, size_average=True)
     return 1.0 - val
 
 
@@ -79,10 +90,11 @@ def content_loss(
     upsample: int = 3,
     win_size: int = 11,
     levels: int = 5,
+    data_range: str = "batch",
 ) -> dict[str, Tensor]:
     """Non-adversarial terms: ``{"l1", "ssim" (= 1 - MS-SSIM), "content" (weighted sum)}``."""
     l1 = l1_loss(sr, hr)
-    ss = ms_ssim_loss(sr, hr, upsample, win_size, levels)
+    ss = ms_ssim_loss(sr, hr, upsample, win_size, levels, data_range)
     return {"l1": l1, "ssim": ss, "content": l1_weight * l1 + ssim_weight * ss}
 
 
@@ -118,22 +130,35 @@ def critic_input(t1: Tensor, flair: Tensor, lr: Tensor, m: Tensor) -> Tensor:
     return torch.cat([t1, flair, up(lr), up(m)], dim=1)
 
 
+def _mixing_weights(b: int, like: Tensor, generator: torch.Generator | None, alpha: Tensor | None) -> Tensor:
+    if alpha is None:
+        alpha = torch.rand(b, generator=generator)
+    return alpha.to(like.device, like.dtype).reshape(b, *([1] * (like.dim() - 1)))
+
+
+def _penalty(grad: Tensor) -> Tensor:
+    norm = grad.reshape(grad.shape[0], -1).norm(2, dim=1)
+    return ((norm - 1.0) ** 2).mean()
+
+
 def gradient_penalty(
-    critic: nn.Module, real: Tensor, fake: Tensor, generator: torch.Generator | None = None
+    critic: nn.Module,
+    real: Tensor,
+    fake: Tensor,
+    generator: torch.Generator | None = None,
+    alpha: Tensor | None = None,
 ) -> Tensor:
     """WGAN-GP: mean over samples of (||grad_x D(x_hat)||_2 - 1)^2, the norm over each sample's flattened gradient.
 
-    ``x_hat = a * real + (1 - a) * fake`` with one ``a ~ U[0, 1]`` per sample.
+    ``x_hat = a * real + (1 - a) * fake`` with one ``a ~ U[0, 1]`` per sample (drawn from
+    ``generator``, or given as ``alpha`` (B,)).
     """
     b = real.shape[0]
-    alpha = (
-        torch.rand(b, generator=generator).to(real.device, real.dtype).reshape(b, *([1] * (real.dim() - 1)))
-    )
-    x = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
+    a = _mixing_weights(b, real, generator, alpha)
+    x = (a * real.detach() + (1 - a) * fake.detach()).requires_grad_(True)
     out = critic(x)
     (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
-    norm = grad.reshape(b, -1).norm(2, dim=1)
-    return ((norm - 1.0) ** 2).mean()
+    return _penalty(grad)
 
 
 def critic_loss(
@@ -142,12 +167,28 @@ def critic_loss(
     fake: Tensor,
     gp_weight: float = 10.0,
     generator: torch.Generator | None = None,
+    alpha: Tensor | None = None,
+    one_forward: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """``D(fake) - D(real) + gp_weight * GP``; returns (loss, Wasserstein estimate D(real) - D(fake))."""
-    d_fake = critic(fake.detach()).mean()
-    d_real = critic(real).mean()
-    gp = gradient_penalty(critic, real, fake, generator)
-    return d_fake - d_real + gp_weight * gp, (d_real - d_fake).detach()
+    """``D(fake) - D(real) + gp_weight * GP``; returns (loss, Wasserstein estimate D(real) - D(fake)).
+
+    With ``one_forward`` the critic scores [fake, real, x_hat] as one batch of 3B (one forward and
+    one backward instead of three; the critic normalises per sample, so the numbers equal three
+    separate forwards up to float rounding); False runs the three forwards separately.
+    """
+    if not one_forward:
+        d_fake = critic(fake.detach()).mean()
+        d_real = critic(real).mean()
+        gp = gradient_penalty(critic, real, fake, generator, alpha)
+        return d_fake - d_real + gp_weight * gp, (d_real - d_fake).detach()
+    b = real.shape[0]
+    a = _mixing_weights(b, real, generator, alpha)
+    fake, real = fake.detach(), real.detach()
+    x_hat = (a * real + (1 - a) * fake).requires_grad_(True)
+    out = critic(torch.cat([fake, real, x_hat])).reshape(3, b)
+    (grad,) = torch.autograd.grad(out[2].sum(), x_hat, create_graph=True)
+    d_fake, d_real = out[0].mean(), out[1].mean()
+    return d_fake - d_real + gp_weight * _penalty(grad), (d_real - d_fake).detach()
 
 
 def generator_adv_loss(critic: nn.Module, fake: Tensor, lam: Tensor) -> Tensor:

@@ -25,7 +25,9 @@ __all__ = [
     "ConditionalInstanceNorm",
     "FilterScaling",
     "HyperKernel",
+    "batched_cin_styles",
     "batched_conv3d",
+    "batched_filter_scales",
     "mapping_mlp",
 ]
 
@@ -64,6 +66,78 @@ def batched_conv3d(x: Tensor, weight: Tensor, padding: tuple[int, int, int]) -> 
         groups=b,
     )
     return out.reshape(b, o, *out.shape[2:])
+
+
+def _stacked_mlp(mlps: list[nn.Sequential], x: Tensor, slope: float = 0.2) -> Tensor:
+    """Evaluate K :func:`mapping_mlp` stacks of identical shape in one batched pass.
+
+    Args:
+        mlps: K ``Linear -> LeakyReLU`` stacks with the same layer sizes.
+        x: (B, in) input shared by all K, or (K, B, in) one input per stack.
+    Returns:
+        (K, B, latent), equal (up to float rounding) to ``torch.stack([m(x) for m in mlps])``.
+    """
+    linears = [[layer for layer in m if isinstance(layer, nn.Linear)] for m in mlps]
+    h = x
+    for j in range(len(linears[0])):
+        w = torch.stack([lin[j].weight for lin in linears])  # (K, out, in)
+        b = torch.stack([lin[j].bias for lin in linears])  # (K, out)
+        if h.dim() == 2:  # shared input: (B, in) x (K, out, in) -> (K, B, out)
+            h = torch.einsum("bi,koi->kbo", h, w) + b[:, None]
+        else:
+            h = torch.baddbmm(b[:, None], h, w.transpose(1, 2))
+        h = F.leaky_relu(h, slope)
+    return h
+
+
+def batched_filter_scales(layers: list[FilterScaling], n: Tensor, met: Tensor | None) -> list[Tensor]:
+    """Every layer's Filter Scaling scales for the shared conditions, the hidden MLPs run once, stacked.
+
+    All ``layers`` must have the same latent width and metabolite branch.  Equal (up to float
+    rounding) to ``[layer(n, met) for layer in layers]``: the K mapping MLPs on n, the K embeddings
+    and mapping MLPs on the metabolite and the K ``style1`` layers are each one batched matmul;
+    only the last layer (its width C_out x C_in differs per conv) runs per layer.
+
+    Shapes:
+        n: (B,), met: (B,) -> K tensors (B, out_ch_k, in_ch_k).
+    """
+    z = _stacked_mlp([m.map_n for m in layers], n.float().reshape(-1, 1))  # (K, B, L)
+    if not layers[0].use_met:
+        return [
+            F.linear(z[k], m.style.weight, m.style.bias).reshape(-1, m.out_ch, m.in_ch)
+            for k, m in enumerate(layers)
+        ]
+    if met is None:
+        raise ValueError("FilterScaling with a metabolite branch needs `met`")
+    table = torch.stack([m.embedding.weight for m in layers])  # (K, M, E)
+    zm = _stacked_mlp([m.map_m for m in layers], table[:, met.long().reshape(-1)])  # (K, B, L)
+    h = torch.cat([z, zm], dim=2)
+    w1 = torch.stack([m.style1.weight for m in layers])
+    b1 = torch.stack([m.style1.bias for m in layers])
+    h = F.leaky_relu(torch.baddbmm(b1[:, None], h, w1.transpose(1, 2)), 0.2)
+    return [
+        F.linear(h[k], m.style2.weight, m.style2.bias).reshape(-1, m.out_ch, m.in_ch)
+        for k, m in enumerate(layers)
+    ]
+
+
+def batched_cin_styles(layers: list[ConditionalInstanceNorm], lam: Tensor) -> list[Tensor]:
+    """Every conditional instance norm's (gamma, beta) for the shared lambda in one batched pass.
+
+    Equal (up to float rounding) to ``[layer.style(layer.mapping(lam)) for layer in layers]``.
+
+    Shapes:
+        lam: (B,) -> K tensors (B, 2 C_k).
+    """
+    lam = lam.float().reshape(-1, 1)
+    b = lam.shape[0]
+    offset = any(m.offset for m in layers)
+    h = _stacked_mlp([m.mapping for m in layers], torch.cat([lam, lam.new_zeros(1, 1)]) if offset else lam)
+    out = []
+    for k, m in enumerate(layers):
+        s = F.linear(h[k], m.style.weight, m.style.bias)
+        out.append(m.base + s[:b] - s[b:] if m.offset else s[:b])
+    return out
 
 
 class FilterScaling(nn.Module):
@@ -126,26 +200,54 @@ class HyperKernel(nn.Module):
 class ConditionalInstanceNorm(nn.Module):
     """``(1 + gamma(lam)) * InstanceNorm(x) + beta(lam)`` with an MLP of 4 layers (width 2*latent).
 
+    ``(gamma, beta) = S(lam)`` with ``S = style(mapping(lam))`` (the reference), or with ``offset``
+    ``(gamma, beta) = base + S(lam) - S(0)``: a plain learned affine at lambda = 0, which the
+    lambda MLP only moves away from as lambda grows (so at lambda = 0 the layer does not depend on
+    the MLP at all).
+
     Args:
         channels: C.
         latent: half the MLP width (the reference uses 2*32 = 64).
         gamma_init: initial bias of the gamma output (the reference sets 1, i.e. an initial
-            scale of 2; ``0`` starts as plain instance norm).
+            scale of 2; ``0`` starts as plain instance norm); with ``offset`` the initial ``base``.
+        offset: the lambda = 0 anchored form above (adds 2C parameters ``base``).
     Shapes:
         x: (B, C, D, H, W), lam: (B,) -> (B, C, D, H, W).
     """
 
-    def __init__(self, channels: int, latent: int = 32, gamma_init: float = 1.0, eps: float = 1e-5):
+    def __init__(
+        self,
+        channels: int,
+        latent: int = 32,
+        gamma_init: float = 1.0,
+        eps: float = 1e-5,
+        offset: bool = False,
+    ):
         super().__init__()
-        self.channels, self.eps = channels, eps
+        self.channels, self.eps, self.offset = channels, eps, bool(offset)
         self.mapping = mapping_mlp(1, 2 * latent)
         self.style = nn.Linear(2 * latent, 2 * channels)
         with torch.no_grad():
             self.style.bias[:channels].fill_(gamma_init)
             self.style.bias[channels:].zero_()
+        if self.offset:
+            self.base = nn.Parameter(
+                torch.cat([torch.full((channels,), float(gamma_init)), torch.zeros(channels)])
+            )
 
-    def forward(self, x: Tensor, lam: Tensor) -> Tensor:
-        style = self.style(self.mapping(lam.to(x.dtype).reshape(-1, 1)))
+    def styles(self, lam: Tensor) -> Tensor:
+        """(B,) -> (B, 2C): [gamma, beta] for each lambda."""
+        lam = lam.reshape(-1, 1)
+        if not self.offset:
+            return self.style(self.mapping(lam))
+        s = self.style(self.mapping(torch.cat([lam, lam.new_zeros(1, 1)])))
+        return self.base + s[:-1] - s[-1:]
+
+    def forward(self, x: Tensor, lam: Tensor, style: Tensor | None = None) -> Tensor:
+        """``style``: this layer's precomputed (B, 2C) output of :func:`batched_cin_styles` (optional)."""
+        if style is None:
+            style = self.styles(lam.to(x.dtype))
+        style = style.to(x.dtype)
         gamma, beta = style[:, : self.channels], style[:, self.channels :]
         view = (-1, self.channels) + (1,) * (x.dim() - 2)
         return (1.0 + gamma.reshape(view)) * F.instance_norm(x, eps=self.eps) + beta.reshape(view)

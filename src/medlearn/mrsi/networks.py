@@ -29,7 +29,9 @@ from medlearn.mrsi.mcm import (
     ConditionalInstanceNorm,
     FilterScaling,
     HyperKernel,
+    batched_cin_styles,
     batched_conv3d,
+    batched_filter_scales,
 )
 
 __all__ = ["Conditions", "ConvBlock", "Critic", "MCUNet", "KERNEL_CONDS", "NORM_CONDS"]
@@ -46,11 +48,17 @@ class Conditions:
         n: half the low-resolution matrix (float; 8..16 for 64x64 maps).
         met: metabolite index (long).
         lam: adversarial weight lambda (float).
+        scales: optional precomputed Filter Scaling output per layer (indexed by the layer's
+            ``bank_index``), from :func:`batched_filter_scales`.
+        styles: optional precomputed conditional-IN (gamma, beta) per layer, from
+            :func:`batched_cin_styles`.
     """
 
     n: Tensor
     met: Tensor
     lam: Tensor
+    scales: list[Tensor] | None = None
+    styles: list[Tensor] | None = None
 
 
 class ConvBlock(nn.Module):
@@ -76,6 +84,7 @@ class ConvBlock(nn.Module):
         num_metabolites: int = 7,
         met_embed_dim: int = 3,
         gamma_init: float = 1.0,
+        lambda_offset: bool = False,
     ):
         super().__init__()
         self.kernel_cond, self.norm_cond = kernel_cond, norm_cond
@@ -97,7 +106,7 @@ class ConvBlock(nn.Module):
                 else:
                     self.conds.append(nn.Identity())
             if norm_cond == "lambda":
-                self.norms.append(ConditionalInstanceNorm(o, latent, gamma_init))
+                self.norms.append(ConditionalInstanceNorm(o, latent, gamma_init, offset=lambda_offset))
             elif norm_cond == "am_n":
                 self.norms.append(AdaptiveModulationNorm(o, latent))
             else:
@@ -112,7 +121,11 @@ class ConvBlock(nn.Module):
             weight = self.convs[j].weight
             if self.kernel_cond == "none":
                 return weight
-            s = self.conds[j](c.n, c.met if self.kernel_cond == "fs_nm" else None)
+            cond = self.conds[j]
+            if c.scales is not None:
+                s = c.scales[cond.bank_index]
+            else:
+                s = cond(c.n, c.met if self.kernel_cond == "fs_nm" else None)
             w = weight.unsqueeze(0) * s[..., None, None, None]
         return w[0] if w.shape[0] == 1 else w
 
@@ -121,7 +134,8 @@ class ConvBlock(nn.Module):
         for j in range(2):
             x = batched_conv3d(x, self._kernel(j, c), self.padding)
             if self.norm_cond == "lambda":
-                x = self.norms[j](x, c.lam)
+                norm = self.norms[j]
+                x = norm(x, c.lam, None if c.styles is None else c.styles[norm.bank_index])
             elif self.norm_cond == "am_n":
                 x = self.norms[j](x, c.n)
             else:
@@ -173,6 +187,11 @@ class MCUNet(nn.Module):
         gamma_init: initial gamma bias of the conditional instance norms (reference: 1).
         lambda_scale: lambda is multiplied by this before the conditional-norm MLPs (reference: 1,
             raw lambda; e.g. 1 / lambda_max feeds the MLP values in [0, 1]).
+        batched_conditioning: evaluate the conditioning MLPs of every layer once per forward as
+            stacked batched matmuls (:func:`batched_filter_scales`, :func:`batched_cin_styles`);
+            False runs each layer's MLPs inside its block (same numbers up to float rounding).
+        lambda_offset: conditional IN as ``base + S(lambda) - S(0)`` (see
+            :class:`ConditionalInstanceNorm`); False = the reference ``S(lambda)``.
     Example:
         >>> net = MCUNet(base_width=2, depth=2)
         >>> t1 = torch.rand(2, 1, 12, 12, 3); lr = torch.rand(2, 1, 4, 4)
@@ -196,6 +215,8 @@ class MCUNet(nn.Module):
         data_consistency: str = "reference",
         gamma_init: float = 1.0,
         lambda_scale: float = 1.0,
+        batched_conditioning: bool = True,
+        lambda_offset: bool = False,
     ):
         super().__init__()
         if kernel_cond not in KERNEL_CONDS:
@@ -215,6 +236,7 @@ class MCUNet(nn.Module):
             num_metabolites=num_metabolites,
             met_embed_dim=met_embed_dim,
             gamma_init=gamma_init,
+            lambda_offset=lambda_offset,
         )
         self.enc_a = _Encoder(2, widths, slab_depth, **kw)
         self.enc_b = _Encoder(2, widths, slab_depth, **kw)
@@ -228,6 +250,14 @@ class MCUNet(nn.Module):
             self.dec_blocks.append(ConvBlock(3 * widths[lvl], widths[lvl], kernel, **kw))
             prev = widths[lvl]
         self.head = nn.Conv3d(widths[0], 1, 1)
+        self.batched_conditioning = bool(batched_conditioning)
+        # plain lists (not registered twice): the layers whose MLPs run once per forward, stacked
+        self._fs_layers = [m for m in self.modules() if isinstance(m, FilterScaling)]
+        self._cin_layers = [m for m in self.modules() if isinstance(m, ConditionalInstanceNorm)]
+        for i, m in enumerate(self._fs_layers):
+            m.bank_index = i
+        for i, m in enumerate(self._cin_layers):
+            m.bank_index = i
 
     def conditions(self, n: Tensor, met: Tensor, lam: Tensor) -> Conditions:
         """Per-sample conditions, or the batch's single shared condition in per-batch mode.
@@ -237,15 +267,29 @@ class MCUNet(nn.Module):
         """
         n, met = n.reshape(-1).float(), met.reshape(-1).long()
         lam = lam.reshape(-1).float() * self.lambda_scale
-        if self.per_sample:
-            return Conditions(n, met, lam)
+        if not self.per_sample:
+            self._check_shared(n, met, lam)
+            n, met, lam = n[:1], met[:1], lam[:1]
+        c = Conditions(n, met, lam)
+        if self.batched_conditioning and self._fs_layers:
+            c.scales = batched_filter_scales(self._fs_layers, n, met if self._fs_layers[0].use_met else None)
+        if self.batched_conditioning and self._cin_layers:
+            c.styles = batched_cin_styles(self._cin_layers, lam)
+        return c
+
+    def lambda_path_parameters(self) -> list[nn.Parameter]:
+        """The parameters through which lambda acts: each conditional IN's lambda MLP and output
+        layer (not the lambda = 0 ``base`` of the offset form)."""
+        return [p for m in self._cin_layers for p in (*m.mapping.parameters(), *m.style.parameters())]
+
+    @staticmethod
+    def _check_shared(n: Tensor, met: Tensor, lam: Tensor) -> None:
         for name, v in (("n", n), ("metabolite", met), ("lambda", lam)):
             if v.numel() > 1 and not bool((v == v[0]).all()):
                 raise ValueError(
                     f"per-batch conditioning (per_sample=False) needs one {name} per batch, got {v.tolist()}; "
                     "group batches by condition or set model.per_sample=true"
                 )
-        return Conditions(n[:1], met[:1], lam[:1])
 
     def forward(
         self,

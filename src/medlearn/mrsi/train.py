@@ -15,6 +15,10 @@ Conditioning (``model.per_sample``):
 Everything random is a pure function of (seed, epoch, step): the data order and augmentation
 (:class:`ResumableSampler` / dataset), and a per-step generator for n, lambda and the GP mixing
 weights; so a run resumed from a checkpoint ends with the same weights as an uninterrupted one.
+The per-sample draws of a step (lambda, GP mixing weights) are drawn for the whole global batch
+and each rank takes its samples' entries (global position ``j * world + rank`` of its local
+sample ``j``, the order in which :class:`ResumableSampler` shards an epoch), so 2 ranks with half
+the batch train exactly like 1 process with the whole batch.
 """
 
 from __future__ import annotations
@@ -82,9 +86,17 @@ def load_patients(cfg: MRSIConfig, ids: list[str]) -> list[PatientData]:
 
 
 def make_dataset(
-    cfg: MRSIConfig, patients: list[PatientData], train: bool, fixed_n: int | None = None
+    cfg: MRSIConfig,
+    patients: list[PatientData],
+    train: bool,
+    fixed_n: int | None = None,
+    with_lr: bool = True,
 ) -> MRSIDataset:
-    """Training (random n, augmentation) or evaluation (seed-fixed n or ``fixed_n``) dataset."""
+    """Training (random n, augmentation) or evaluation (seed-fixed n or ``fixed_n``) dataset.
+
+    ``with_lr=False``: items carry no ``lr``; the trainer truncates k-space for the whole batch on
+    its device (the same values).
+    """
     d = cfg.data
     return MRSIDataset(
         patients,
@@ -96,6 +108,7 @@ def make_dataset(
         seed=cfg.engine.seed,
         mask_rule=d.mask_rule,
         max_shift=d.max_shift,
+        with_lr=with_lr,
     )
 
 
@@ -142,6 +155,8 @@ def build_models(cfg: MRSIConfig, grid: tuple[int, int]) -> tuple[nn.Module, nn.
         data_consistency=m.data_consistency,
         gamma_init=m.gamma_init,
         lambda_scale=lambda_scale(cfg),
+        batched_conditioning=m.batched_conditioning,
+        lambda_offset=m.lambda_offset,
     )
     if not cfg.adversarial.enabled:
         return gen, None
@@ -172,18 +187,24 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 
 def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+    return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
 
 def draw_conditions(
-    cfg: MRSIConfig, batch: dict[str, Any], g: torch.Generator
+    cfg: MRSIConfig, batch: dict[str, Any], g: torch.Generator, rank: int = 0, world: int = 1
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(lr, n, lambda) of a training batch according to the conditioning mode (see module docstring)."""
+    """(lr, n, lambda) of a training batch according to the conditioning mode (see module docstring).
+
+    Per-sample lambdas are drawn for the global batch (``world`` x the local one) and this rank
+    keeps positions ``rank, rank + world, ...``; the low-resolution input is truncated here, on the
+    device, for the whole batch when the items do not carry it.
+    """
     hr = batch["hr"]
     b = hr.shape[0]
     adv = cfg.adversarial
     if cfg.model.per_sample:
-        n, lr = batch["n"], batch["lr"]
+        n = batch["n"]
+        lr = batch["lr"] if "lr" in batch else truncate_kspace(hr, n)
     else:
         choices = cfg.data.n_choices
         n = torch.full(
@@ -196,8 +217,8 @@ def draw_conditions(
         lam = torch.full((b,), float(adv.fixed_lambda), device=hr.device)
     else:
         lam = sample_lambda(
-            b, adv.lambda_low, adv.lambda_span, adv.zero_fraction, cfg.model.per_sample, g, hr.device
-        )
+            b * world, adv.lambda_low, adv.lambda_span, adv.zero_fraction, cfg.model.per_sample, g, hr.device
+        )[rank::world]
     return lr, n, lam
 
 
@@ -220,32 +241,51 @@ def train_step(
     """One generator iteration with ``n_critic`` critic steps; returns detached scalar tensors (no host sync)."""
     g = step_generator(cfg.engine.seed, step)
     batch = _to(batch, accelerator.device)
-    lr, n, lam = draw_conditions(cfg, batch, g)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    lr, n, lam = draw_conditions(cfg, batch, g, rank, world)
     t1, flair, hr, mask = batch["t1"], batch["flair"], batch["hr"], batch["mask"]
+    b = hr.shape[0]
     nets.gen.train()
     with accelerator.autocast():
         sr = nets.gen(t1, flair, lr, n, batch["met"], lam, mask)
     sr = sr.float()
     out: dict[str, Tensor] = {}
     adv_term = sr.new_zeros(())
+    adv_grad: Tensor | None = None
     if nets.critic is not None:
         nets.critic.train()
         real, fake = critic_input(t1, flair, lr, hr), critic_input(t1, flair, lr, sr)
         nets.critic.requires_grad_(True)
-        for _ in range(cfg.adversarial.n_critic):
+        # GP mixing weights of every critic step for the global batch; this rank's samples' entries
+        alphas = torch.rand(cfg.adversarial.n_critic, b * world, generator=g)[:, rank::world]
+        for i in range(cfg.adversarial.n_critic):
             with accelerator.autocast():
-                loss_d, wdist = critic_loss(nets.critic, real, fake.detach(), cfg.adversarial.gp_weight, g)
+                loss_d, wdist = critic_loss(
+                    nets.critic, real, fake.detach(), cfg.adversarial.gp_weight, alpha=alphas[i]
+                )
             backward_and_step(accelerator, loss_d, nets.opt_d, nets.sched_d)
         nets.critic.requires_grad_(False)
         with accelerator.autocast():
             adv_term = generator_adv_loss(nets.critic, fake, lam).float()
         nets.critic.requires_grad_(True)
+        if cfg.adversarial.route == "lambda_path":
+            adv_grad = _lambda_path_surrogate(adv_term, accelerator.unwrap_model(nets.gen))
         out.update(loss_d=loss_d.detach(), wdist=torch.as_tensor(wdist).detach())
     lc = cfg.loss
-    terms = content_loss(sr, hr, lc.l1_weight, lc.ssim_weight, lc.ssim_upsample, lc.ssim_win, lc.ssim_levels)
+    terms = content_loss(
+        sr,
+        hr,
+        lc.l1_weight,
+        lc.ssim_weight,
+        lc.ssim_upsample,
+        lc.ssim_win,
+        lc.ssim_levels,
+        lc.ssim_data_range,
+    )
     loss = terms["content"] + adv_term
+    trained = loss if adv_grad is None else terms["content"] + adv_grad
     backward_and_step(
-        accelerator, loss, nets.opt_g, nets.sched_g, nets.gen.parameters(), cfg.engine.grad_clip
+        accelerator, trained, nets.opt_g, nets.sched_g, nets.gen.parameters(), cfg.engine.grad_clip
     )
     out.update(
         loss=loss.detach(),
@@ -254,7 +294,23 @@ def train_step(
         adv=adv_term.detach(),
         lam=lam.detach().float().mean(),
     )
+    if world > 1:  # log the global batch's means: one small all-reduce, no host sync
+        means = accelerator.reduce(torch.stack([v.float() for v in out.values()]), reduction="mean")
+        out = dict(zip(out, means))
     return out
+
+
+def _lambda_path_surrogate(adv_term: Tensor, gen: nn.Module) -> Tensor:
+    """A term whose gradient is the adversarial term's gradient on the lambda-path parameters only.
+
+    ``sum_p <p, d adv / d p>`` over :meth:`MCUNet.lambda_path_parameters` (gradients detached):
+    added to the content loss, one backward (and DDP's one all-reduce) gives every parameter its
+    content gradient and the lambda MLPs the adversarial gradient as well.
+    """
+    params = gen.lambda_path_parameters()
+    grads = torch.autograd.grad(adv_term, params, retain_graph=True, allow_unused=True)
+    terms = [(p * g.detach()).sum() for p, g in zip(params, grads) if g is not None]
+    return torch.stack(terms).sum() if terms else adv_term.new_zeros(())
 
 
 @torch.no_grad()
@@ -278,7 +334,8 @@ def validate(cfg: MRSIConfig, gen: nn.Module, dataset: MRSIDataset, device: torc
             lam = torch.zeros(b, device=device)
             sr = gen(batch["t1"], batch["flair"], batch["lr"], batch["n"], batch["met"], lam, batch["mask"])
             terms = content_loss(
-                sr.float(), batch["hr"], lc.l1_weight, lc.ssim_weight, lc.ssim_upsample, lc.ssim_win, lc.ssim_levels
+                sr.float(), batch["hr"], lc.l1_weight, lc.ssim_weight, lc.ssim_upsample, lc.ssim_win, lc.ssim_levels,
+                lc.ssim_data_range,
             )  # fmt: skip
             for k in totals:
                 totals[k] += terms[k] * b
@@ -292,24 +349,35 @@ def validate(cfg: MRSIConfig, gen: nn.Module, dataset: MRSIDataset, device: torc
 def _make_nets(cfg: MRSIConfig, grid: tuple[int, int], steps_per_epoch: int) -> Nets:
     gen, crit = build_models(cfg, grid)
     o = cfg.optim
-    opt_g = torch.optim.Adam(gen.parameters(), lr=o.lr, betas=tuple(o.betas))
+    opt_g = torch.optim.Adam(gen.parameters(), lr=o.lr, betas=tuple(o.betas), fused=o.fused)
     sched_g = build_scheduler(opt_g, "step", step_size=o.step_epochs * steps_per_epoch, gamma=o.gamma)
     nets = Nets(gen, opt_g, sched_g)
     if crit is not None:
         nets.critic = crit
-        nets.opt_d = torch.optim.Adam(crit.parameters(), lr=o.critic_lr, betas=tuple(o.betas))
+        nets.opt_d = torch.optim.Adam(crit.parameters(), lr=o.critic_lr, betas=tuple(o.betas), fused=o.fused)
         step_d = o.step_epochs * steps_per_epoch * cfg.adversarial.n_critic
         nets.sched_d = build_scheduler(nets.opt_d, "step", step_size=step_d, gamma=o.gamma)
     return nets
 
 
 class MetaboliteBatches:
-    """This rank's batches of an epoch (:func:`epoch_batches`) through one DataLoader per epoch."""
+    """This rank's batches of an epoch (:func:`epoch_batches`) through one DataLoader built once.
+
+    The loader's batch sampler is this object: each batch is a list of ``(epoch, index)`` keys, so
+    the dataset draws that epoch's n and augmentation in the worker that loads it, and workers
+    persist across epochs (``engine.num_workers`` > 0); memory is pinned when CUDA is present.
+    """
 
     def __init__(self, dataset: MRSIDataset, cfg: MRSIConfig, rank: int, world: int) -> None:
         self.dataset, self.cfg, self.rank, self.world = dataset, cfg, rank, world
         self.group = not cfg.model.per_sample
         self._len = len(self._batches(0))
+        self._epoch, self._start = 0, 0
+        workers = cfg.engine.num_workers
+        self.loader = DataLoader(
+            dataset, batch_sampler=self, num_workers=workers, pin_memory=torch.cuda.is_available(),
+            persistent_workers=workers > 0,
+        )  # fmt: skip
 
     def _batches(self, epoch: int) -> list[list[int]]:
         c = self.cfg
@@ -320,11 +388,14 @@ class MetaboliteBatches:
     def __len__(self) -> int:
         return self._len
 
+    def __iter__(self):
+        for batch in self._batches(self._epoch)[self._start :]:
+            yield [(self._epoch, i) for i in batch]
+
     def epoch(self, epoch: int, start: int) -> DataLoader:
         self.dataset.set_epoch(epoch)
-        return DataLoader(
-            self.dataset, batch_sampler=self._batches(epoch)[start:], num_workers=self.cfg.engine.num_workers
-        )
+        self._epoch, self._start = epoch, start
+        return self.loader
 
 
 class MRSIHooks(TrainHooks):
@@ -335,7 +406,7 @@ class MRSIHooks(TrainHooks):
         self.cfg, self.device = cfg, acc.device
         seed_everything(cfg.engine.seed)
         split = load_split(cfg, run.out if run.is_main else None)
-        train_ds = make_dataset(cfg, load_patients(cfg, split["train"]), train=True)
+        train_ds = make_dataset(cfg, load_patients(cfg, split["train"]), train=True, with_lr=False)
         self.val_ds = (
             make_dataset(cfg, load_patients(cfg, split["val"]), train=False) if split["val"] else None
         )
@@ -357,6 +428,7 @@ class MRSIHooks(TrainHooks):
             {"critic": nets.sched_d} if nets.sched_d is not None else {}
         )
         self.best_models = {"generator": nets.gen}
+        self.samples_per_step = cfg.train.batch_size * acc.num_processes
 
     def train_step(self, batch: dict[str, Any], step: int) -> dict[str, Tensor]:
         return train_step(self.cfg, self.nets, batch, self.accelerator, step)

@@ -141,8 +141,8 @@ class MRSIDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def _draw(self, idx: int) -> dict:
-        rng = _item_generator(self.seed, self.epoch if self.train else 0, idx)
+    def _draw(self, idx: int, epoch: int) -> dict:
+        rng = _item_generator(self.seed, epoch if self.train else 0, idx)
         n = self.fixed_n if self.fixed_n is not None else int(rng.choice(self.n_choices))
         aug = {"k": 0, "flip_h": False, "flip_w": False, "dy": 0, "dx": 0, "flip_z": False}
         if self.augment:
@@ -170,7 +170,11 @@ class MRSIDataset(Dataset):
             x = np.roll(x, (aug["dy"] * factor, aug["dx"] * factor), axis=(0, 1))
         return x
 
-    def __getitem__(self, idx: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """Item ``key``: an index (drawn for the epoch of :meth:`set_epoch`) or ``(epoch, index)``
+        (drawn for that epoch; what a persistent loader worker gets, whose copy of the dataset
+        does not see ``set_epoch``)."""
+        epoch, idx = key if isinstance(key, tuple) else (self.epoch, key)
         pi, s, mi = self.index[idx]
         p = self.patients[pi]
         met = self.metabolites[mi]
@@ -183,7 +187,7 @@ class MRSIDataset(Dataset):
             slab = np.asarray(getattr(p, key)[s], dtype=np.float32)
             vmax = float(slab.max())
             mri[key] = slab / np.float32(vmax) if vmax > 0 else slab
-        draw = self._draw(idx)
+        draw = self._draw(idx, epoch)
         if self.augment:
             hr = self._spatial(hr, draw, 1)
             mask = self._spatial(mask, draw, 1)
