@@ -128,9 +128,15 @@ def add_generic_verbs(verbs: argparse._SubParsersAction, task: Task) -> None:
         p.set_defaults(func=lambda a, t=task: _cmd_task_demo(t, a))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command tree, one sub-command per registered task."""
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The command tree, one sub-command per registered task.
+
+    With ``argv``, only the task named there gets its verbs: the others' ``add_verbs`` import
+    heavy libraries (transformers, MONAI) that a command of another task never needs.
+    """
     tasks = registered_tasks()
+    named = [a for a in (argv or []) if not a.startswith("-")][:1]
+    wanted = set(tasks) if argv is None else set(named) & set(tasks)
     parser = argparse.ArgumentParser(
         prog="medlearn",
         description="Data-efficient medical-imaging methods, one command per task; "
@@ -159,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, task in tasks.items():
         p_task = sub.add_parser(name, help=task.help, description=task.help)
         verbs = p_task.add_subparsers(dest="verb", metavar="VERB")
+        if name not in wanted:
+            continue
         if task.add_verbs is not None:
             task.add_verbs(verbs)
         add_generic_verbs(verbs, task)
@@ -170,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), run the verb; clear errors exit with code 2."""
     argv = sys.argv[1:] if argv is None else list(argv)
     setup_logging(bool({"-v", "--verbose"} & set(argv)))  # before the task modules import libraries
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     setup_logging(getattr(args, "verbose", False))
     if not getattr(args, "func", None):
