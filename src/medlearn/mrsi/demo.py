@@ -94,6 +94,13 @@ def run_demo(out: Path, report: Any, fresh: bool) -> dict[str, Any]:
         png = ev / f"sr_grid_{name}.png"
         if png.is_file():
             sec.image(png, f"{name}: HR / zero-filled LR / SR across n and lambda")
+    sweep = ev / "lambda_sweep_NAA.png"
+    if sweep.is_file():
+        sec.image(
+            sweep,
+            "NAA: one held-out map across the sharpness knob lambda (largest upscaling), with each "
+            "output's difference from lambda = 0 below",
+        )
     if (ev / "psnr_vs_sharpness.png").is_file():
         sec.image(
             ev / "psnr_vs_sharpness.png",

@@ -276,10 +276,12 @@ def evaluate(
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     if figures:
-        from medlearn.mrsi.figures import psnr_vs_sharpness, sr_grid
+        from medlearn.mrsi.figures import lambda_sweep, psnr_vs_sharpness, sr_grid
 
         figs = [psnr_vs_sharpness(per_n, out / "psnr_vs_sharpness.png")]
         figs += sr_grid(examples, cfg.data.metabolites, out)
+        if len(cfg.eval.lambdas) > 1:
+            figs += [f for m in cfg.data.metabolites if (f := lambda_sweep(examples, m, out)) is not None]
         summary["figures"] = [str(f) for f in figs]
     log.info("evaluation written to %s", out)
     return summary

@@ -172,9 +172,10 @@ def critic_loss(
 ) -> tuple[Tensor, Tensor]:
     """``D(fake) - D(real) + gp_weight * GP``; returns (loss, Wasserstein estimate D(real) - D(fake)).
 
-    With ``one_forward`` the critic scores [fake, real, x_hat] as one batch of 3B (one forward and
-    one backward instead of three; the critic normalises per sample, so the numbers equal three
-    separate forwards up to float rounding); False runs the three forwards separately.
+    With ``one_forward`` the critic scores [fake, real] as one batch of 2B (the critic normalises
+    per sample, so the numbers equal two separate forwards up to float rounding); the gradient
+    penalty keeps its own forward of B, since its double backward over a 3B batch would triple
+    that part (measured 2.2x slower per critic step on CPU).  False runs three forwards.
     """
     if not one_forward:
         d_fake = critic(fake.detach()).mean()
@@ -182,13 +183,10 @@ def critic_loss(
         gp = gradient_penalty(critic, real, fake, generator, alpha)
         return d_fake - d_real + gp_weight * gp, (d_real - d_fake).detach()
     b = real.shape[0]
-    a = _mixing_weights(b, real, generator, alpha)
-    fake, real = fake.detach(), real.detach()
-    x_hat = (a * real + (1 - a) * fake).requires_grad_(True)
-    out = critic(torch.cat([fake, real, x_hat])).reshape(3, b)
-    (grad,) = torch.autograd.grad(out[2].sum(), x_hat, create_graph=True)
+    out = critic(torch.cat([fake.detach(), real.detach()])).reshape(2, b)
     d_fake, d_real = out[0].mean(), out[1].mean()
-    return d_fake - d_real + gp_weight * _penalty(grad), (d_real - d_fake).detach()
+    gp = gradient_penalty(critic, real, fake, generator, alpha)
+    return d_fake - d_real + gp_weight * gp, (d_real - d_fake).detach()
 
 
 def generator_adv_loss(critic: nn.Module, fake: Tensor, lam: Tensor) -> Tensor:

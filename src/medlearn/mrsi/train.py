@@ -268,8 +268,9 @@ def train_step(
         with accelerator.autocast():
             adv_term = generator_adv_loss(nets.critic, fake, lam).float()
         nets.critic.requires_grad_(True)
-        if cfg.adversarial.route == "lambda_path":
-            adv_grad = _lambda_path_surrogate(adv_term, accelerator.unwrap_model(nets.gen))
+        gen = accelerator.unwrap_model(nets.gen)
+        if cfg.adversarial.route == "lambda_path" and getattr(gen, "_cin_layers", None):
+            adv_grad = _lambda_path_surrogate(adv_term, gen)
         out.update(loss_d=loss_d.detach(), wdist=torch.as_tensor(wdist).detach())
     lc = cfg.loss
     terms = content_loss(
@@ -412,6 +413,12 @@ class MRSIHooks(TrainHooks):
         )
         self.data = MetaboliteBatches(train_ds, cfg, acc.process_index, acc.num_processes)
         nets = _make_nets(cfg, train_ds.grid, len(self.data))
+        if cfg.engine.compile and cfg.adversarial.route == "lambda_path" and nets.critic is not None:
+            # the lambda-path surrogate backpropagates the adversarial term with retain_graph=True,
+            # which compiled backward functions only allow without donated buffers (a memory saving)
+            import torch._functorch.config as functorch_config
+
+            functorch_config.donated_buffer = False
         compile_modules(cfg.engine, nets.gen)  # not the critic: its gradient penalty is a double backward
         if nets.critic is not None:
             nets.gen, nets.critic, nets.opt_g, nets.opt_d = acc.prepare(
