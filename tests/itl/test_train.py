@@ -1,3 +1,4 @@
+import copy
 import json
 import shutil
 
@@ -84,14 +85,14 @@ def test_itl_loss_terms_and_switches():
     x, y = torch.randn(3, 1, 32, 32), torch.randint(0, 2, (3, 32, 32))
     xm, ym, sm = torch.randn(2, 1, 32, 32), torch.randint(0, 2, (2, 32, 32)), torch.tensor([0, 1])
     rng = np.random.default_rng(0)
-    _, logs = itl_loss(m, x, y, xm, ym, sm, ITLOptions(), rng)
+    _, logs = itl_loss(m, x, y, xm, ym, sm, ITLOptions(), rng, teacher=copy.deepcopy(m).eval())
     assert {"l_target", "l_mix", "l_source", "l_site"} <= set(logs)
     _, logs = itl_loss(m, x, y, xm, ym, sm, ITLOptions(feature_mix=False, source_mode="none"), rng)
     assert set(logs) == {"l_target"}
     # source decoder identical to target decoder and frozen: site-level KL is zero
     m.sync_source_from_target()
     m.eval()
-    _, logs = itl_loss(m, x, y, xm, ym, sm, ITLOptions(feature_mix=False), rng)
+    _, logs = itl_loss(m, x, y, xm, ym, sm, ITLOptions(feature_mix=False, teacher="decoder"), rng)
     assert logs["l_site"] == pytest.approx(0.0, abs=1e-6)
 
 

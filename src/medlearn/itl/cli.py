@@ -48,8 +48,12 @@ def _f(v: Any, digits: int = 4) -> str:
 
 
 def _print_results(res: dict[str, Any]) -> None:
-    keys = ("ACC", "BWT", "forgetting", "FWT", "heldout_dice_final", "heldout_hd95_final")
-    print(f"strategy {res['strategy']}: " + ", ".join(f"{k}={_f(res[k])}" for k in keys if k in res))
+    keys = ("ACC", "BWT", "forgetting", "FWT", "mean_diag", "heldout_dice_final", "heldout_hd95_final",
+            "heldout_asd_final")  # fmt: skip
+    line = ", ".join(f"{k}={_f(res[k])}" for k in keys if k in res)
+    if "heldout_empty_final" in res:  # HD95/ASD exist only for non-empty predictions: say how many were empty
+        line += f", empty held-out predictions {res['heldout_empty_final']}/{res['heldout_cases']}"
+    print(f"strategy {res['strategy']}: {line}")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

@@ -112,6 +112,18 @@ class ITLOptions:
         beta: weight of L_site (KL between target and source decoder outputs on old sites).
         temperature: KL temperature T (the loss is scaled by T^2).
         site_weights: ``uniform`` over old sites, or ``size`` (proportional to exemplar count).
+        teacher: what L_site distils from. ``model`` (default): the frozen previous model F_{k-1}
+            (its own encoder and target decoder) on the exemplars, so the old sites stay anchored
+            to what F_{k-1} predicted. ``decoder`` (the behaviour before this switch): the
+            source decoder applied to the features of the encoder that is still training.
+        teacher_bn: how the frozen networks (F_{k-1}, and the source decoder when
+            ``source_mode=teacher``) normalise. ``batch`` (default): with the statistics of the
+            step's batch, as the student does, without updating their running statistics, so
+            identical weights give L_site = 0 exactly. ``running``: eval mode (running
+            statistics), the behaviour before this switch (L_site > 0 at identical weights).
+        mix_bn_stats: the feature-mix pass updates the target decoder's BatchNorm running
+            statistics (``true``, the behaviour before this switch) or only uses the mixed
+            batch's statistics and leaves the running statistics to real samples (``false``).
     """
 
     feature_mix: bool = True
@@ -122,6 +134,9 @@ class ITLOptions:
     beta: float = 1.0
     temperature: float = 2.0
     site_weights: Literal["uniform", "size"] = "uniform"
+    teacher: Literal["model", "decoder"] = "model"
+    teacher_bn: Literal["batch", "running"] = "batch"
+    mix_bn_stats: bool = False
 
     def __post_init__(self) -> None:
         if self.temperature <= 0 or self.mix_beta <= 0:
@@ -136,13 +151,18 @@ class TrainConfig:
         out: run folder (config.yaml, env.json, metrics.jsonl, checkpoints/, results.json, summary.json).
         strategy: individual, joint, sequential, replay, lwf, ewc or itl.
         steps_per_phase: optimizer steps in each phase (the same budget for every strategy).
-        batch_size: new-site slices per step.
-        memory_batch: exemplar slices per step (strategies with a memory).
+        batch_size: new-site slices per optimizer step, over all processes and accumulated
+            micro-batches (each of the ``world size x engine.grad_accum_steps`` shares draws its
+            part of the same global batch).
+        memory_batch: exemplar slices per optimizer step (strategies with a memory), shared the same way.
         memory_per_site: exemplar slices kept per past site.
         selection: exemplar selection, ``random`` or ``herding`` (closest running mean of features).
         lwf_weight, lwf_temperature: LwF distillation weight and temperature.
         ewc_lambda: EWC penalty weight; ewc_samples: slices used to estimate the Fisher.
         eval_batch: slices per inference batch.
+        memory_format: ``channels_last`` (NHWC convolutions, faster on recent GPUs with AMP),
+            ``contiguous`` (NCHW, the behaviour before this switch) or ``auto`` (channels_last on
+            CUDA, contiguous on CPU).
         largest_cc: keep only the largest connected component of 3D predictions.
         resume: continue from the run folder's newest checkpoint when there is one.
     """
@@ -159,6 +179,7 @@ class TrainConfig:
     ewc_lambda: float = 100.0
     ewc_samples: int = 64
     eval_batch: int = 16
+    memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
     largest_cc: bool = True
     resume: bool = True
 
@@ -175,12 +196,15 @@ class OptimConfig:
         lr, weight_decay: AdamW settings.
         schedule: ``constant`` or ``cosine`` (over the phase's steps).
         warmup_steps: cosine warm-up steps.
+        fused: torch's fused AdamW kernel (CPU and CUDA; one kernel for all parameters).
+            ``false`` = torch's default implementation (the behaviour before this switch).
     """
 
     lr: float = 1e-3
     weight_decay: float = 1e-4
     schedule: Literal["constant", "cosine"] = "cosine"
     warmup_steps: int = 0
+    fused: bool = True
 
 
 @dataclass

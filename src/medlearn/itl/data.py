@@ -26,6 +26,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -364,7 +366,7 @@ def prepare_case(ref: CaseRef, target_mm: float, size: int, strict_affine: bool 
 def save_prepared(pc: PreparedCase, folder: Path) -> Path:
     path = folder / pc.site / f"{pc.case}.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")  # unique per process
     np.savez(
         tmp,
         image=pc.image,
@@ -424,22 +426,28 @@ class SliceSet:
         return len(self.rows)
 
     def batch(
-        self, idx: list[int] | np.ndarray, rng: np.random.Generator | None = None, augment: bool = False
+        self,
+        idx: list[int] | np.ndarray,
+        rng: np.random.Generator | Sequence[np.random.Generator] | None = None,
+        augment: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs (B, C, S, S) float32 and labels (B, S, S) int64 of rows ``idx``.
 
-        With ``augment`` and ``rng``: random left-right flip and intensity scale/shift per slice.
+        With ``augment`` and ``rng``: random left-right flip and intensity scale/shift per slice,
+        drawn from ``rng`` in turn, or from ``rng[i]`` for slice i when a sequence is given (so a
+        slice's augmentation does not depend on which other slices share its batch).
         """
         xs, ys = [], []
-        for r in idx:
+        for i, r in enumerate(idx):
             ci, z = self.rows[int(r)]
             c = self.cases[ci]
             x = slice_stack(c.image, z, self.context)
             y = c.mask[z]
-            if augment and rng is not None:
-                if rng.random() < 0.5:
+            g = rng[i] if isinstance(rng, Sequence) else rng
+            if augment and g is not None:
+                if g.random() < 0.5:
                     x, y = x[:, ::-1], y[::-1]
-                x = x * rng.uniform(0.9, 1.1) + rng.uniform(-0.1, 0.1)
+                x = x * g.uniform(0.9, 1.1) + g.uniform(-0.1, 0.1)
             xs.append(np.ascontiguousarray(x, dtype=np.float32))
             ys.append(np.ascontiguousarray(y))
         return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys).astype(np.int64))

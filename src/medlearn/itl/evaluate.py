@@ -45,16 +45,37 @@ def evaluate_cases(
     surfaces: bool = False,
     batch: int = 16,
 ) -> dict[str, dict[str, float]]:
-    """``{case: {"dice", ["hd95", "asd"]}}`` on the preprocessed grid (spacing of that grid, in mm).
+    """``{case: {"dice", ["hd95", "asd", "empty"]}}`` on the preprocessed grid (spacing of that grid, in mm).
 
     Arrays are (Z, S, S); the spacing passed to the surface metrics is reordered to match.
+    ``empty`` is 1.0 when the prediction has no foreground voxel (its HD95/ASD are NaN: no surface).
     """
     out = {}
     for c in cases:
         pred = segment(predict_probabilities(model, c.image, context, device, batch), largest_cc)
         sp = (c.spacing[2], c.spacing[0], c.spacing[1])
-        out[f"{c.site}/{c.case}"] = case_metrics(pred, c.mask, sp, surfaces)
+        m = case_metrics(pred, c.mask, sp, surfaces)
+        if surfaces:
+            m["empty"] = float(not pred.any())
+        out[f"{c.site}/{c.case}"] = m
     return out
+
+
+def surface_summary(per_case: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Mean Dice, HD95 and ASD of a site with the count of empty predictions, never silently dropped.
+
+    Returns:
+        ``{"dice", "hd95", "asd", "n_empty", "n_cases"}``: Dice over all cases (an empty
+        prediction scores 0); HD95/ASD over the cases where both masks have a surface (NaN when
+        none has); ``n_empty`` cases with an empty prediction, which have no surface distance.
+    """
+    return {
+        "dice": mean_metric(per_case, "dice"),
+        "hd95": mean_metric(per_case, "hd95"),
+        "asd": mean_metric(per_case, "asd"),
+        "n_empty": int(sum(m.get("empty", 0.0) for m in per_case.values())),
+        "n_cases": len(per_case),
+    }
 
 
 def mean_metric(per_case: dict[str, dict[str, float]], key: str) -> float:

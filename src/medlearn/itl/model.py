@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -255,7 +256,15 @@ class MultiSiteExpert(nn.Module):
         dec = self.target_decoder if head == "target" else self.source_decoder
         return dec(feats, out_size)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, step: Callable[..., Any] | None = None, **kw: Any) -> Any:
+        """Logits (B, K, H, W) of ``x``; with ``step``, ``step(self, x, **kw)`` instead.
+
+        ``step`` lets a training step use several heads and passes (encode, decode, source
+        decoder, mixed features) inside *one* call of the module, which is what
+        ``DistributedDataParallel`` needs to synchronise the gradients of everything it used.
+        """
+        if step is not None:
+            return step(self, x, **kw)
         return self.decode(self.encode(x), tuple(x.shape[-2:]))
 
     def sync_source_from_target(self, trainable: bool = False) -> None:
@@ -263,6 +272,25 @@ class MultiSiteExpert(nn.Module):
         self.source_decoder.load_state_dict(self.target_decoder.state_dict())
         for p in self.source_decoder.parameters():
             p.requires_grad_(trainable)
+
+
+@contextmanager
+def batch_stats_frozen(module: nn.Module) -> Iterator[None]:
+    """Inside: every BatchNorm of ``module`` normalises with the batch's statistics (train-mode
+    arithmetic) but leaves its running statistics untouched; restored on exit.
+
+    Used for passes whose inputs are not real samples (ITL's mixed features) and for a frozen
+    teacher that should normalise exactly as the student does on the same batch.
+    """
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.training, m.track_running_stats) for m in bns]
+    for m in bns:
+        m.training, m.track_running_stats = True, False
+    try:
+        yield
+    finally:
+        for m, (training, track) in zip(bns, saved):
+            m.training, m.track_running_stats = training, track
 
 
 def build_model(cfg: ModelConfig, in_chans: int) -> MultiSiteExpert:

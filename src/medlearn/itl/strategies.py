@@ -26,14 +26,16 @@ The losses are looked up by name in :data:`medlearn.itl.losses.LOSSES` (``seg_lo
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from medlearn.engine.registry import Registry
 from medlearn.itl.config import ITLConfig, ITLOptions
-from medlearn.itl.losses import LOSSES, dice_ce, ewc_penalty, kl_distill, one_hot
-from medlearn.itl.model import MultiSiteExpert
+from medlearn.itl.losses import LOSSES, dice_ce, ewc_penalty, one_hot
+from medlearn.itl.model import MultiSiteExpert, batch_stats_frozen
 
 
 def mix_features(z_old: list[Tensor], z_new: list[Tensor], lam: Tensor) -> list[Tensor]:
@@ -46,12 +48,47 @@ def mix_features(z_old: list[Tensor], z_new: list[Tensor], lam: Tensor) -> list[
     return [lam.view(-1, 1, 1, 1) * a + (1 - lam.view(-1, 1, 1, 1)) * b for a, b in zip(z_old, z_new)]
 
 
+def _membership(site_ids: Tensor, n_sites: int) -> Tensor:
+    """(M, n_sites) float one-hot of the site index of each row (no host synchronisation)."""
+    return (site_ids[:, None] == torch.arange(n_sites, device=site_ids.device)[None]).float()
+
+
 def site_weights(site_ids: Tensor, n_sites: int, mode: str) -> Tensor:
     """(n_sites,) weights of the site-level loss: ``uniform`` over present sites, or ``size`` ~ count."""
-    counts = torch.bincount(site_ids, minlength=n_sites).float()
-    present = (counts > 0).float()
-    w = present if mode == "uniform" else counts
+    counts = _membership(site_ids, n_sites).sum(0)
+    w = (counts > 0).float() if mode == "uniform" else counts
     return w / w.sum().clamp_min(1e-8)
+
+
+def site_level_kl(
+    student: Tensor, teacher: Tensor, site_ids: Tensor, n_sites: int, mode: str, temperature: float
+) -> Tensor:
+    """``sum_s w_s * KL_T(teacher || student)`` averaged over the rows of site s (ITL ASSUMPTION 4).
+
+    Equal to ``sum_s w_s * kl_distill(student[site == s], teacher[site == s], T)`` (each row has
+    the same number of pixels), computed for all sites at once: no per-site loop, no host sync.
+
+    Args:
+        student, teacher: (M, K, H, W) logits (the teacher is not detached here).
+        site_ids: (M,) int64 site index of each row, in [0, n_sites).
+        n_sites: number of past sites (known on the host).
+        mode: ``uniform`` or ``size`` (:func:`site_weights`).
+    Returns:
+        scalar.
+    """
+    t = temperature
+    log_s = (student / t).log_softmax(1)
+    log_t = (teacher / t).log_softmax(1)
+    per_row = (log_t.exp() * (log_t - log_s)).sum(1).flatten(1).mean(1) * (t * t)  # (M,)
+    member = _membership(site_ids, n_sites)
+    w = site_weights(site_ids, n_sites, mode)
+    row_w = member @ (w / member.sum(0).clamp_min(1.0))  # w_s / count_s for each row
+    return (row_w * per_row).sum()
+
+
+def _maybe(flag: bool, module: nn.Module):
+    """``batch_stats_frozen(module)`` when ``flag``, else a no-op context."""
+    return batch_stats_frozen(module) if flag else nullcontext()
 
 
 def itl_loss(
@@ -63,7 +100,9 @@ def itl_loss(
     site_mem: Tensor | None,
     opts: ITLOptions,
     rng: np.random.Generator,
-) -> tuple[Tensor, dict[str, float]]:
+    teacher: nn.Module | None = None,
+    n_sites: int | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
     """ITL objective ``L_target + alpha * L_source + beta * L_site`` for one step.
 
     Args:
@@ -71,51 +110,64 @@ def itl_loss(
         x_mem: (M, C, H, W), y_mem: (M, H, W), site_mem: (M,) exemplar batch (or None in phase 0).
         opts: ``ITLOptions``.
         rng: per-step generator (mixing weights and pairing).
+        teacher: the frozen previous model F_{k-1} (used when ``opts.teacher == "model"``).
+        n_sites: number of past sites (default: from ``site_mem``, one host sync).
     Returns:
-        total loss and a dict of its terms.
+        total loss and a dict of its terms (detached tensors; nothing is copied to the host).
     """
     size = tuple(x_new.shape[-2:])
     if x_mem is None or x_mem.shape[0] == 0:
-        logits = model(x_new)
-        loss = dice_ce(logits, y_new)
-        return loss, {"l_target": float(loss.detach())}
+        loss = dice_ce(model(x_new).float(), y_new)
+        return loss, {"l_target": loss.detach()}
     b = x_new.shape[0]
-    feats = model.encode(torch.cat([x_new, x_mem]))
+    x_all = torch.cat([x_new, x_mem])
+    feats = model.encode(x_all)
     f_new = [f[:b] for f in feats]
     f_mem = [f[b:] for f in feats]
     y_all = torch.cat([y_new, y_mem])
-    logits_all = model.decode(feats, size)
+    logits_all = model.decode(feats, size).float()
     l_target = dice_ce(logits_all, y_all)
-    logs: dict[str, float] = {}
+    logs: dict[str, Tensor] = {}
     if opts.feature_mix:
         m = x_mem.shape[0]
         pair = torch.as_tensor(rng.integers(0, b, size=m), device=x_new.device)
-        lam = torch.as_tensor(
-            rng.beta(opts.mix_beta, opts.mix_beta, size=m), dtype=x_new.dtype, device=x_new.device
-        )
-        mixed = mix_features(f_mem, [f[pair] for f in f_new], lam)
+        lam = torch.as_tensor(rng.beta(opts.mix_beta, opts.mix_beta, size=m), dtype=torch.float32)
+        lam = lam.to(x_new.device)
+        mixed = mix_features(f_mem, [f[pair] for f in f_new], lam.to(f_mem[0].dtype))
         k = model.target_decoder.head.out_channels
-        soft = lam.view(-1, 1, 1, 1) * one_hot(y_mem, k) + (1 - lam.view(-1, 1, 1, 1)) * one_hot(
-            y_new[pair], k
-        )
-        l_mix = dice_ce(model.decode(mixed, size), soft)
+        lam4 = lam.view(-1, 1, 1, 1)
+        soft = lam4 * one_hot(y_mem, k) + (1 - lam4) * one_hot(y_new[pair], k)
+        with _maybe(not opts.mix_bn_stats, model.target_decoder):
+            l_mix = dice_ce(model.decode(mixed, size).float(), soft)
         l_target = l_target + opts.mix_weight * l_mix
-        logs["l_mix"] = float(l_mix.detach())
+        logs["l_mix"] = l_mix.detach()
     total = l_target
-    logs["l_target"] = float(l_target.detach())
+    logs["l_target"] = l_target.detach()
     if opts.source_mode != "none":
-        src = model.decode(f_mem, size, head="source")
+        # frozen networks normalise as the student does: with this batch's statistics in training
+        batch_bn = opts.teacher_bn == "batch" and model.training
+        frozen_batch = opts.source_mode == "teacher" and batch_bn
+        with _maybe(frozen_batch, model.source_decoder):
+            # batch statistics of the whole step batch, as the target decoder sees them
+            src = model.decode(feats if frozen_batch else f_mem, size, head="source").float()
+        src = src[b:] if frozen_batch else src
         l_source = dice_ce(src, y_mem)
-        tgt_mem = logits_all[b:]
-        n_sites = int(site_mem.max()) + 1
-        w = site_weights(site_mem, n_sites, opts.site_weights)
-        l_site = x_new.new_zeros(())
-        for s in range(n_sites):
-            sel = site_mem == s
-            if sel.any():
-                l_site = l_site + w[s] * kl_distill(tgt_mem[sel], src[sel].detach(), opts.temperature)
+        if opts.teacher == "model":
+            if teacher is None:
+                raise ValueError("itl.teacher=model needs the frozen previous model (teacher=...)")
+            with torch.no_grad():
+                if batch_bn:
+                    with batch_stats_frozen(teacher):
+                        target = teacher(x_all)[b:].float()
+                else:
+                    target = teacher(x_mem).float()
+        else:
+            target = src.detach()
+        if n_sites is None:
+            n_sites = int(site_mem.max()) + 1
+        l_site = site_level_kl(logits_all[b:], target, site_mem, n_sites, opts.site_weights, opts.temperature)
         total = total + opts.alpha * l_source + opts.beta * l_site
-        logs.update(l_source=float(l_source.detach()), l_site=float(l_site.detach()))
+        logs.update(l_source=l_source.detach(), l_site=l_site.detach())
     return total, logs
 
 
@@ -183,11 +235,17 @@ class Strategy:
     seg_loss = "dice_ce"
     distill_loss = "kl_distill"
 
-    def segmentation(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, dict[str, float]]:
+    def segmentation(
+        self, model: nn.Module, x: Tensor, y: Tensor
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """(logits (B, K, H, W), loss, ``{"l_seg": loss}``) of ``model`` on x (B, C, H, W), y (B, H, W)."""
-        logits = model(x)
+        logits = model(x).float()  # losses in fp32 also under autocast
         loss = LOSSES.get(self.seg_loss)(logits, y)
-        return logits, loss, {"l_seg": float(loss.detach())}
+        return logits, loss, {"l_seg": loss.detach()}
+
+    def needs_teacher(self, cfg: ITLConfig) -> bool:
+        """Whether the loop keeps a frozen copy of the previous phase's model for this config."""
+        return self.uses_teacher
 
     def loss(
         self,
@@ -198,7 +256,7 @@ class Strategy:
         ewc: EWCState | None,
         cfg: ITLConfig,
         rng: np.random.Generator,
-    ) -> tuple[Tensor, dict[str, float]]:
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """Total loss of one optimisation step and a dict of its terms (see :func:`step_loss`)."""
         _, loss, logs = self.segmentation(model, *batch_new)
         return loss, logs
@@ -237,7 +295,7 @@ class Replay(Strategy):
         ewc: EWCState | None,
         cfg: ITLConfig,
         rng: np.random.Generator,
-    ) -> tuple[Tensor, dict[str, float]]:
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         x, y = batch_new
         if batch_mem is not None:
             x, y = torch.cat([x, batch_mem[0]]), torch.cat([y, batch_mem[1]])
@@ -260,15 +318,15 @@ class LwF(Strategy):
         ewc: EWCState | None,
         cfg: ITLConfig,
         rng: np.random.Generator,
-    ) -> tuple[Tensor, dict[str, float]]:
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         x, y = batch_new
         logits, loss, logs = self.segmentation(model, x, y)
         if teacher is not None:
             with torch.no_grad():
-                t_logits = teacher(x)
+                t_logits = teacher(x).float()
             l_kd = LOSSES.get(self.distill_loss)(logits, t_logits, cfg.train.lwf_temperature)
             loss = loss + cfg.train.lwf_weight * l_kd
-            logs["l_kd"] = float(l_kd.detach())
+            logs["l_kd"] = l_kd.detach()
         return loss, logs
 
 
@@ -287,12 +345,12 @@ class EWC(Strategy):
         ewc: EWCState | None,
         cfg: ITLConfig,
         rng: np.random.Generator,
-    ) -> tuple[Tensor, dict[str, float]]:
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         _, loss, logs = self.segmentation(model, *batch_new)
         if ewc is not None and ewc.fisher:
             pen = ewc.penalty(model)
             loss = loss + 0.5 * cfg.train.ewc_lambda * pen
-            logs["l_ewc"] = float(pen.detach())
+            logs["l_ewc"] = pen.detach()
         return loss, logs
 
 
@@ -312,9 +370,13 @@ class ITL(Strategy):
         ewc: EWCState | None,
         cfg: ITLConfig,
         rng: np.random.Generator,
-    ) -> tuple[Tensor, dict[str, float]]:
-        xm, ym, sm = batch_mem if batch_mem is not None else (None, None, None)
-        return itl_loss(model, *batch_new, xm, ym, sm, cfg.itl, rng)
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        xm, ym, sm = batch_mem[:3] if batch_mem is not None else (None, None, None)
+        n_sites = batch_mem[3] if batch_mem is not None and len(batch_mem) > 3 else None
+        return itl_loss(model, *batch_new, xm, ym, sm, cfg.itl, rng, teacher, n_sites)
+
+    def needs_teacher(self, cfg: ITLConfig) -> bool:
+        return cfg.itl.source_mode != "none" and cfg.itl.teacher == "model"
 
 
 USES_MEMORY = {name for name in STRATEGIES if STRATEGIES.build(name).uses_memory}
@@ -329,13 +391,13 @@ def step_loss(
     ewc: EWCState | None,
     cfg: ITLConfig,
     rng: np.random.Generator,
-) -> tuple[Tensor, dict[str, float]]:
+) -> tuple[Tensor, dict[str, Tensor]]:
     """The loss of one optimisation step of the strategy registered as ``strategy``.
 
     Args:
         batch_new: (x (B, C, H, W), y (B, H, W)).
-        batch_mem: (x (M, C, H, W), y (M, H, W), site index (M,)) or None.
-        teacher: frozen previous model (LwF) or None.
+        batch_mem: (x (M, C, H, W), y (M, H, W), site index (M,)[, number of past sites]) or None.
+        teacher: frozen previous model (LwF; ITL with ``itl.teacher=model``) or None.
         ewc: EWC state (EWC) or None.
         cfg: the whole ``ITLConfig`` (train and itl options).
     Returns:
@@ -344,3 +406,22 @@ def step_loss(
         ConfigError: for a name not in :data:`STRATEGIES`.
     """
     return STRATEGIES.build(strategy).loss(model, batch_new, batch_mem, teacher, ewc, cfg, rng)
+
+
+def strategy_step(
+    model: MultiSiteExpert,
+    x: Tensor,
+    strategy: Strategy,
+    y: Tensor,
+    batch_mem: tuple[Tensor, ...] | None,
+    teacher: nn.Module | None,
+    ewc: EWCState | None,
+    cfg: ITLConfig,
+    rng: np.random.Generator,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """:meth:`Strategy.loss` in the argument order of ``MultiSiteExpert.forward(x, step=...)``.
+
+    The training loop calls ``prepared_model(x, step=strategy_step, strategy=..., ...)`` so that
+    the whole step runs inside one forward of the (possibly DDP-wrapped) model.
+    """
+    return strategy.loss(model, (x, y), batch_mem, teacher, ewc, cfg, rng)
