@@ -17,6 +17,8 @@ ends of the window only.
 and runs this script's timing in subprocesses with ``PYTHONPATH=<worktree>/src``, alternating
 base, head, base, head ... (the order flips every repeat) so that a change of the machine's load
 hits both; it prints the median ms/step of each and the ratio base/head (the speed-up of head).
+``--head-override key=value`` (repeatable) adds a third contestant, head with those settings (for
+example the switches that reproduce the base's maths).
 The timing hook (``medlearn.itl.train.backward_and_step``) exists in both layouts of the ITL loop.
 """
 
@@ -164,23 +166,39 @@ def bench(
     }
 
 
-def compare(base: str, head: str, repeats: int, config: str, steps: int, overrides: list[str]) -> list[dict]:
-    """Median ms/step of ``base`` and ``head`` (git revisions), alternated, in two worktrees under /tmp."""
+def compare(
+    base: str,
+    head: str,
+    repeats: int,
+    config: str,
+    steps: int,
+    overrides: list[str],
+    head_overrides: list[str] = (),
+) -> list[dict]:
+    """Median ms/step of ``base`` and ``head`` (git revisions), alternated, in two worktrees under /tmp.
+
+    With ``head_overrides`` a third contestant ``head*`` runs ``head`` with them (e.g. the switches
+    that reproduce the base's maths), in the same alternation.
+    """
     work = Path(tempfile.mkdtemp(prefix="itl-compare-"))
-    trees = {}
+    trees: dict[str, Path] = {}
+    runs = {"base": (base, list(overrides)), "head": (head, list(overrides))}
+    if head_overrides:
+        runs["head*"] = (head, list(overrides) + list(head_overrides))
     try:
-        for label, rev in (("base", base), ("head", head)):
-            trees[label] = work / label
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(trees[label]), rev],
+        for rev in dict.fromkeys(r for r, _ in runs.values()):
+            trees[rev] = work / f"tree-{len(trees)}"
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(trees[rev]), rev],
                            check=True, capture_output=True)  # fmt: skip
-        times: dict[str, list[float]] = {"base": [], "head": []}
+        times: dict[str, list[float]] = {label: [] for label in runs}
         for r in range(repeats + 1):  # repeat 0 writes each tree's data and is not counted
-            for label in ("base", "head") if r % 2 == 0 else ("head", "base"):
-                env = dict(os.environ, PYTHONPATH=str(trees[label] / "src"), OMP_NUM_THREADS="1")
+            for label in list(runs) if r % 2 == 0 else list(reversed(runs)):
+                rev, ov = runs[label]
+                env = dict(os.environ, PYTHONPATH=str(trees[rev] / "src"), OMP_NUM_THREADS="1")
                 out = work / f"{label}-{r}.json"
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--config", config, "--steps", str(steps),
-                       "--device", "cpu", "--keep", str(work / f"data-{label}"), "--json", str(out),
-                       *[f"--override={o}" for o in overrides]]  # fmt: skip
+                       "--device", "cpu", "--keep", str(work / f"data-{rev}"), "--json", str(out),
+                       *[f"--override={o}" for o in ov]]  # fmt: skip
                 proc = subprocess.run(cmd, env=env, cwd=work, capture_output=True, text=True)
                 if proc.returncode != 0:
                     raise RuntimeError(f"{label} failed:\n{proc.stderr[-3000:]}")
@@ -189,10 +207,13 @@ def compare(base: str, head: str, repeats: int, config: str, steps: int, overrid
                     times[label].append(ms)
                 print(f"repeat {r} {label}: {ms:7.1f} ms/step{' (warm-up, not counted)' if r == 0 else ''}",
                       flush=True)  # fmt: skip
-        b, h = statistics.median(times["base"]), statistics.median(times["head"])
-        return [{"base": base, "head": head, "config": config, "steps": steps, "repeats": repeats,
-                 "base_ms": times["base"], "head_ms": times["head"], "base_ms_median": b,
-                 "head_ms_median": h, "speedup": b / h}]  # fmt: skip
+        b = statistics.median(times["base"])
+        return [
+            {"label": label, "revision": runs[label][0], "overrides": runs[label][1], "config": config,
+             "steps": steps, "repeats": repeats, "ms": times[label], "ms_median": statistics.median(times[label]),
+             "speedup_vs_base": b / statistics.median(times[label])}
+            for label in runs
+        ]  # fmt: skip
     finally:
         for tree in trees.values():
             subprocess.run(
@@ -214,16 +235,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", default=None, help="keep data and run here")
     p.add_argument("--compare", default=None, metavar="BASE", help="side by side with git revision BASE")
     p.add_argument("--head", default="HEAD")
+    p.add_argument(
+        "--head-override", action="append", default=[], help="with --compare: also time head with these"
+    )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     if a.compare:
-        rows = compare(a.compare, a.head, a.repeats, a.config, a.steps, a.override)
-        r = rows[0]
-        print(f"summary: ITL {a.config} train step, head {a.head} {r['head_ms_median']:.1f} ms vs base {a.compare} "
-              f"{r['base_ms_median']:.1f} ms: {r['speedup']:.2f}x ({a.repeats} alternated repeats, "
-              f"{os.cpu_count()} CPU cores, 1 thread)")  # fmt: skip
+        rows = compare(a.compare, a.head, a.repeats, a.config, a.steps, a.override, a.head_override)
+        for r in rows:
+            print(f"{r['label']:6s} {r['revision']:10s} median {r['ms_median']:7.1f} ms/step  "
+                  f"speed-up vs base {r['speedup_vs_base']:.2f}x  {' '.join(r['overrides'])}")  # fmt: skip
+        print(f"summary: ITL {a.config} train step vs base {a.compare}: "
+              + ", ".join(f"{r['label']} {r['speedup_vs_base']:.2f}x" for r in rows[1:])
+              + f" ({a.repeats} alternated repeats, {os.cpu_count()} CPU cores, 1 thread)")  # fmt: skip
     else:
         rows = [bench(a.config, a.steps, a.device, a.precision, a.override, a.warmup, a.strategy, a.keep)]
         r = rows[0]
@@ -235,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             f"summary: ITL {r['config']} {r['samples_per_s']:.1f} slices/s on {r['device']} ({r['precision']})"
         )
     if a.json:
-        Path(a.json).write_text(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2))
+        Path(a.json).write_text(json.dumps(rows if a.compare else rows[0], indent=2))
     return 0
 
 
