@@ -12,7 +12,8 @@ are switched off; CLIP and the extra-view CLIP are gathered with gradient, so th
 Dropout is off. Tolerance: losses rtol 1e-4 (float32 all-reduce order); parameters atol 5e-5, i.e.
 5% of one Adam step at lr 1e-3: the key-projection biases have a true gradient of zero (softmax
 ignores a constant added to every key), and Adam scales their float-noise gradients up to
-parameter noise of about 1e-5.
+parameter noise of about 1e-5. BatchNorm running statistics are per-device (DDP keeps rank 0's and
+the late-phase local heads still update theirs): they are not compared.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ try:
 except ImportError:  # tests/mama collected as a plain folder
     from pt_fakes import write_prepared
 
+BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 NO_DROPOUT = [
     "model.text.arch.resid_pdrop=0.0",
     "model.text.arch.embd_pdrop=0.0",
@@ -62,6 +64,8 @@ def test_two_processes_equal_one_across_late_loss(prepared, tmp_path):
     final = ("one", "two")
     for name in ("image", "heads"):
         a, b = (weights(tmp_path / f / "checkpoints" / "final", name) for f in final)
+        # BatchNorm buffers are per-device statistics (DDP keeps rank 0's): parameters only
+        a, b = ({k: v for k, v in w.items() if not k.endswith(BUFFERS)} for w in (a, b))
         assert_same_weights(a, b, atol=5e-5)
     a, b = (load_file(str(tmp_path / f / "checkpoints" / "final" / "text_adapter" / "adapter_model.safetensors"))
             for f in final)  # fmt: skip
