@@ -166,3 +166,24 @@ def test_lambda_path_routing_gives_the_adversarial_gradient_to_the_lambda_mlps_o
     for p, gc, ga in zip(params, g_content, g_adv):
         want = gc + ga if id(p) in on_path else gc
         torch.testing.assert_close(p.grad, want, rtol=1e-5, atol=1e-7)
+
+
+def test_channels_last_computes_the_same_step():
+    from medlearn.mrsi.networks import Critic
+
+    t1, fl, lr, n, met, lam = _inputs()
+    res = []
+    for cl in (False, True):
+        torch.manual_seed(0)
+        net = MCUNet(base_width=4, depth=3, latent=8, channels_last=cl)
+        critic = Critic(width=4, n_blocks=2, input_shape=(48, 48, 3), hidden=8, channels_last=cl)
+        y = net(t1, fl, lr, n, met, lam)
+        d = critic(torch.cat([t1, fl, t1, t1], 1) * y.mean())
+        (y.square().sum() + d.sum()).backward()
+        grads = [p.grad.clone() for p in (*net.parameters(), *critic.parameters())]
+        res.append((y.detach(), d.detach(), grads))
+        assert net.enc_a.blocks[0].convs[0].weight.is_contiguous(memory_format=torch.channels_last_3d) == cl
+    torch.testing.assert_close(res[1][0], res[0][0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(res[1][1], res[0][1], rtol=1e-5, atol=1e-6)
+    for a, b in zip(res[1][2], res[0][2]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

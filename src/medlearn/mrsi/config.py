@@ -81,6 +81,9 @@ class ModelConfig:
         lambda_offset: conditional IN as ``base + S(lambda) - S(0)`` (ours, default): at lambda = 0
             every norm is a plain learned affine that does not depend on the lambda MLP; false = the
             reference ``S(lambda)``.
+        channels_last: generator and critic keep 5-D activations and kernels in channels-last
+            order (default; the same numbers up to float rounding, faster oneDNN convolutions on
+            CPU); false = PyTorch's default order.
     """
 
     arch: str = "mcm"
@@ -94,6 +97,7 @@ class ModelConfig:
     lambda_scale: float | None = None
     batched_conditioning: bool = True
     lambda_offset: bool = True
+    channels_last: bool = True
 
 
 @dataclass

@@ -51,21 +51,25 @@ def batched_conv3d(x: Tensor, weight: Tensor, padding: tuple[int, int, int]) -> 
         (B, O, D', H', W').  With a per-sample kernel the batch is folded into the channel axis and
         run as one grouped convolution (``groups=B``), so a mixed batch costs one launch.
     """
+    cl = x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
     if weight.dim() == 5:
+        if cl:
+            weight = weight.contiguous(memory_format=torch.channels_last_3d)
         return F.conv3d(x, weight, padding=padding)
     b, i = x.shape[:2]
     o = weight.shape[1]
     if weight.shape[0] != b or weight.shape[2] != i:
         raise ValueError(f"batched_conv3d: weight {tuple(weight.shape)} does not fit input {tuple(x.shape)}")
+    fmt = torch.channels_last_3d if cl else torch.contiguous_format
     if b == 1:
-        return F.conv3d(x, weight[0], padding=padding)
+        return F.conv3d(x, weight[0].contiguous(memory_format=fmt), padding=padding)
     out = F.conv3d(
-        x.reshape(1, b * i, *x.shape[2:]),
-        weight.reshape(b * o, i, *weight.shape[3:]),
+        x.reshape(1, b * i, *x.shape[2:]).contiguous(memory_format=fmt),
+        weight.reshape(b * o, i, *weight.shape[3:]).contiguous(memory_format=fmt),
         padding=padding,
         groups=b,
     )
-    return out.reshape(b, o, *out.shape[2:])
+    return out.reshape(b, o, *out.shape[2:]).contiguous(memory_format=fmt)
 
 
 def _stacked_mlp(mlps: list[nn.Sequential], x: Tensor, slope: float = 0.2) -> Tensor:

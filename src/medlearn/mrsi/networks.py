@@ -192,6 +192,8 @@ class MCUNet(nn.Module):
             False runs each layer's MLPs inside its block (same numbers up to float rounding).
         lambda_offset: conditional IN as ``base + S(lambda) - S(0)`` (see
             :class:`ConditionalInstanceNorm`); False = the reference ``S(lambda)``.
+        channels_last: keep 5-D activations and kernels in ``channels_last_3d`` memory order (the
+            same numbers up to float rounding; oneDNN's 3D convolutions run about 1.5-2x faster so).
     Example:
         >>> net = MCUNet(base_width=2, depth=2)
         >>> t1 = torch.rand(2, 1, 12, 12, 3); lr = torch.rand(2, 1, 4, 4)
@@ -217,6 +219,7 @@ class MCUNet(nn.Module):
         lambda_scale: float = 1.0,
         batched_conditioning: bool = True,
         lambda_offset: bool = False,
+        channels_last: bool = False,
     ):
         super().__init__()
         if kernel_cond not in KERNEL_CONDS:
@@ -251,6 +254,11 @@ class MCUNet(nn.Module):
             prev = widths[lvl]
         self.head = nn.Conv3d(widths[0], 1, 1)
         self.batched_conditioning = bool(batched_conditioning)
+        self.channels_last = bool(channels_last)
+        if (
+            self.channels_last
+        ):  # 5-D kernels and activations in channels-last order (faster oneDNN convolutions)
+            self.to(memory_format=torch.channels_last_3d)
         # plain lists (not registered twice): the layers whose MLPs run once per forward, stacked
         self._fs_layers = [m for m in self.modules() if isinstance(m, FilterScaling)]
         self._cin_layers = [m for m in self.modules() if isinstance(m, ConditionalInstanceNorm)]
@@ -325,8 +333,9 @@ class MCUNet(nn.Module):
             )
         c = self.conditions(n, met, lam)
         x = F.interpolate(lr.unsqueeze(-1), size=t1.shape[2:], mode="trilinear", align_corners=True)
-        fa = self.enc_a(torch.cat([x, t1], dim=1), c)
-        fb = self.enc_b(torch.cat([x, flair], dim=1), c)
+        fmt = torch.channels_last_3d if self.channels_last else torch.contiguous_format
+        fa = self.enc_a(torch.cat([x, t1], dim=1).contiguous(memory_format=fmt), c)
+        fb = self.enc_b(torch.cat([x, flair], dim=1).contiguous(memory_format=fmt), c)
         y = torch.cat([fa[-1], fb[-1]], dim=1)
         for i, lvl in enumerate(range(self.depth - 2, -1, -1)):
             scale = (2.0, 2.0, float(self.slab_depth) if lvl == 0 else 1.0)
@@ -367,9 +376,11 @@ class Critic(nn.Module):
         n_blocks: int = 4,
         input_shape: tuple[int, int, int] = (192, 192, 3),
         hidden: int = 16,
+        channels_last: bool = False,
     ):
         super().__init__()
         h, w, s = input_shape
+        self.channels_last = bool(channels_last)
         self.input_shape = tuple(input_shape)
         layers: list[nn.Module] = []
         prev = in_ch
@@ -389,9 +400,13 @@ class Critic(nn.Module):
         self.features = nn.Sequential(*layers)
         self.fc1 = nn.Linear(prev * h * w * s, hidden)
         self.fc2 = nn.Linear(hidden, 1)
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last_3d)
 
     def forward(self, x: Tensor) -> Tensor:
         if tuple(x.shape[-3:]) != self.input_shape:
             raise ValueError(f"critic built for slabs {self.input_shape}, got {tuple(x.shape[-3:])}")
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         z = self.features(x).flatten(1)
         return self.fc2(F.leaky_relu(self.fc1(z), 0.2))

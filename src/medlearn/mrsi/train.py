@@ -157,6 +157,7 @@ def build_models(cfg: MRSIConfig, grid: tuple[int, int]) -> tuple[nn.Module, nn.
         lambda_scale=lambda_scale(cfg),
         batched_conditioning=m.batched_conditioning,
         lambda_offset=m.lambda_offset,
+        channels_last=m.channels_last,
     )
     if not cfg.adversarial.enabled:
         return gen, None
@@ -168,6 +169,7 @@ def build_models(cfg: MRSIConfig, grid: tuple[int, int]) -> tuple[nn.Module, nn.
         n_blocks=cfg.critic.n_blocks,
         input_shape=(f * grid[0], f * grid[1], gen.slab_depth),
         hidden=cfg.critic.hidden,
+        channels_last=m.channels_last,
     )
     return gen, crit
 
