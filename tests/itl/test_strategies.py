@@ -131,9 +131,10 @@ def test_unknown_strategy_is_config_error():
 
 
 ITL_SWITCHES = {
-    "itl": [],  # defaults: F_{k-1} teacher, batch statistics, mixed pass leaves BatchNorm statistics
+    "itl": [],  # defaults: F_{k-1} teacher in eval mode, mixed pass leaves BatchNorm statistics alone
     "itl-decoder-teacher": ["itl.teacher=decoder", "itl.teacher_bn=running", "itl.mix_bn_stats=true"],
-    "itl-model-running": ["itl.teacher=model", "itl.teacher_bn=running"],
+    "itl-model-batch": ["itl.teacher=model", "itl.teacher_bn=batch"],
+    "itl-decoder-batch": ["itl.teacher=decoder", "itl.teacher_bn=batch"],
     "itl-trainable-size": ["itl.source_mode=trainable", "itl.site_weights=size"],
 }
 
