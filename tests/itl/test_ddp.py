@@ -7,7 +7,10 @@ gloo/CPU lacks), so the gradients are the same sums: DDP averages the two halves
 accumulation adds the two halves' gradients of loss/2.  Tolerance: 1e-6 absolute on every trained
 parameter after two ITL phases (measured: 0, the two sums are exact in fp32).  The BatchNorm
 *running* statistics are not compared: each process keeps its own and the main process's (updated
-by one half per step) are saved, while the single process updates them with both halves.
+by one half per step) are saved, while the single process updates them with both halves.  For the
+same reason the run uses ``itl.teacher_bn=batch``: the default eval-mode teacher F_{k-1} reads
+those running statistics in phase 1, so the two runs would train against (slightly) different
+targets; with batch statistics nothing in training reads them.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ def test_two_processes_equal_one_on_the_same_global_batch(site_root, tmp_path):
     def args(out, *extra):
         return ["itl", "train", "--config", "tiny", f"data.root={site_root}", f"data.cache_dir={tmp_path / 'cache'}",
                 "data.sites=[RUNMC,BMC]", "data.heldout=[]", "train.steps_per_phase=2", "train.batch_size=4",
-                "train.memory_batch=2", "train.strategy=itl", f"train.out={out}", *extra]  # fmt: skip
+                "train.memory_batch=2", "train.strategy=itl", "itl.teacher_bn=batch", f"train.out={out}",
+                *extra]  # fmt: skip
 
     run_cli(args(tmp_path / "one", "engine.grad_accum_steps=2"))  # fills the cache first
     run_cli(args(tmp_path / "two"), nproc=2)
