@@ -46,12 +46,13 @@ def test_trained_sharpness_range_follows_the_lambda_schedule():
     def cfg(*overrides: str) -> MRSIConfig:
         return load_config(MRSIConfig, CONFIGS / "tiny.yaml", list(overrides))
 
-    assert trained_sharpness_range(cfg()) == (0.0, 0.1)  # U[0, 0.1] plus 10% zeros
+    assert trained_sharpness_range(cfg()) == (0.0, 1.0)  # U[0, 1] plus 10% zeros
     assert trained_sharpness_range(cfg("adversarial.lambda_low=0.02", "adversarial.zero_fraction=0")) == (
         0.02,
-        pytest.approx(0.12),
+        pytest.approx(1.02),
     )
-    assert trained_sharpness_range(cfg("adversarial.lambda_low=0.02")) == (0.0, pytest.approx(0.12))
+    assert trained_sharpness_range(cfg("adversarial.lambda_low=0.02")) == (0.0, pytest.approx(1.02))
+    assert trained_sharpness_range(cfg("adversarial.lambda_span=0.1")) == (0.0, 0.1)  # the former default
     assert trained_sharpness_range(cfg("adversarial.fixed_lambda=0.05")) == (0.05, 0.05)
     assert trained_sharpness_range(cfg("adversarial.enabled=false")) == (0.0, 0.0)
 
@@ -73,23 +74,23 @@ def test_check_sharpness_hand_cases(caplog):
 def test_predict_refuses_a_sharpness_outside_the_trained_range(run: Path, tiny_root: Path, tmp_path: Path):
     lr_path, t1, flair, _ = _write_nifti_case(tmp_path / "in", tiny_root)
     gen, _ = load_generator(run)
-    assert gen.sharpness_range == (0.0, 0.1)
+    assert gen.sharpness_range == (0.0, 1.0)
     out = tmp_path / "o.nii.gz"
-    with pytest.raises(ConfigError, match=r"\[0, 0\.1\]"):
-        predict_file(gen, lr_path, t1, flair, out, "NAA", 6, sharpness=0.5)
+    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
+        predict_file(gen, lr_path, t1, flair, out, "NAA", 6, sharpness=1.5)
     assert not out.exists()
     maps = tmp_path / "maps"
     maps.mkdir()
     shutil.copy(lr_path, maps / "NAA.nii.gz")
-    with pytest.raises(ConfigError, match=r"\[0, 0\.1\]"):
+    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
         predict_folder(gen, maps, t1, flair, tmp_path / "batch", 6, sharpness=-0.2)
-    predict_file(gen, lr_path, t1, flair, out, "NAA", 6, sharpness=0.5, allow_extrapolation=True)
+    predict_file(gen, lr_path, t1, flair, out, "NAA", 6, sharpness=1.5, allow_extrapolation=True)
     assert out.is_file()
     p = load_mrsi(run)
     lr = np.ones((16, 16, 2), np.float32)
     mri = np.ones((48, 48, 6), np.float32)
-    with pytest.raises(ConfigError, match=r"\[0, 0\.1\]"):
-        p.super_resolve(lr, mri, mri, "NAA", lowres_matrix=6, sharpness=0.2)
+    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
+        p.super_resolve(lr, mri, mri, "NAA", lowres_matrix=6, sharpness=1.2)
     assert p.super_resolve(lr, mri, mri, "NAA", lowres_matrix=6, sharpness=0.1).shape == (16, 16, 2)
     args = ["mrsi", "predict", "--checkpoint", str(run), "--map", str(lr_path), "--t1", str(t1), "--flair",
             str(flair), "--metabolite", "NAA", "--lowres-matrix", "6", "--sharpness", "2", "--out", str(out)]  # fmt: skip

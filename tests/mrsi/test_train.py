@@ -101,7 +101,9 @@ def test_bad_config_values_are_refused(tiny_cfg) -> None:
 def test_lambda_scale_default_and_reference_switch(tiny_cfg) -> None:
     from medlearn.mrsi.train import lambda_scale
 
-    assert lambda_scale(tiny_cfg()) == pytest.approx(1 / 0.1)  # ours: lambda / lambda_max
+    assert lambda_scale(tiny_cfg("adversarial.lambda_span=0.1")) == pytest.approx(
+        1 / 0.1
+    )  # ours: lambda / lambda_max
     assert lambda_scale(tiny_cfg("model.lambda_scale=1.0")) == 1.0  # reference: raw lambda
     assert lambda_scale(tiny_cfg("adversarial.fixed_lambda=0.5")) == pytest.approx(2.0)
     gen_a, _ = build_models_pair(

@@ -78,9 +78,9 @@ class ModelConfig:
         batched_conditioning: evaluate all conditioning MLPs (Filter Scaling, conditional IN) once
             per forward as stacked batched matmuls (default); false runs each layer's MLPs in its
             block (the same numbers up to float rounding; slower).
-        lambda_offset: conditional IN as ``base + S(lambda) - S(0)``: at lambda = 0 every norm is a
-            plain learned affine that does not depend on the lambda MLP; false (default) = the
-            reference ``S(lambda)``.  An experiment switch: see docs/mrsi.md (sharpness knob).
+        lambda_offset: conditional IN as ``base + S(lambda) - S(0)`` (default): at lambda = 0 every
+            norm is a plain learned affine that does not depend on the lambda MLP; false = the
+            reference ``S(lambda)``.  See docs/mrsi.md (sharpness knob).
         channels_last: generator and critic keep 5-D activations and kernels in channels-last
             order (default; the same numbers up to float rounding, faster oneDNN convolutions on
             CPU); false = PyTorch's default order.
@@ -96,7 +96,7 @@ class ModelConfig:
     gamma_init: float = 1.0
     lambda_scale: float | None = None
     batched_conditioning: bool = True
-    lambda_offset: bool = False
+    lambda_offset: bool = True
     channels_last: bool = True
 
 
@@ -138,24 +138,24 @@ class AdversarialConfig:
     Attributes:
         enabled: train with the critic; false = non-adversarial (lambda is always 0).
         lambda_low, lambda_span: lambda ~ U[lambda_low, lambda_low + lambda_span] (a0, a1; not
-            published; 0 and 0.1 here, see docs/mrsi.md).
+            published; 0 and 1 here, see docs/mrsi.md).
         zero_fraction: probability that lambda is 0 (10% in the reference).
         fixed_lambda: train with this constant lambda instead (fixed-lambda conditional GAN baseline).
         n_critic: critic steps per generator step (5); gp_weight: gradient-penalty weight (10).
-        route: which generator parameters the adversarial term trains: ``all`` (reference,
-            default) or ``lambda_path`` (only the lambda MLPs of the conditional norms; the content
-            loss still trains everything; architectures without conditional norms train all).  An
-            experiment switch: see docs/mrsi.md (sharpness knob).
+        route: which generator parameters the adversarial term trains: ``lambda_path`` (default:
+            only the lambda MLPs of the conditional norms; the content loss still trains everything;
+            architectures without conditional norms train all) or ``all`` (reference).  See
+            docs/mrsi.md (sharpness knob).
     """
 
     enabled: bool = True
     lambda_low: float = 0.0
-    lambda_span: float = 0.1
+    lambda_span: float = 1.0
     zero_fraction: float = 0.1
     fixed_lambda: float | None = None
     n_critic: int = 5
     gp_weight: float = 10.0
-    route: str = "all"
+    route: str = "lambda_path"
 
 
 @dataclass
@@ -203,7 +203,7 @@ class EvalConfig:
     """Evaluation grid: n values, lambda values, which split, how many items."""
 
     ns: list[int] = field(default_factory=lambda: [8, 10, 12, 14, 16])
-    lambdas: list[float] = field(default_factory=lambda: [0.0, 0.025, 0.05, 0.075, 0.1])
+    lambdas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     split: str = "test"
     batch_size: int = 16
     max_items: int = 0
