@@ -138,7 +138,9 @@ def add_verbs(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--lowres-matrix", type=int, required=True, help="acquired matrix 2n (e.g. 16 = x4 for 64x64)"
     )
-    p.add_argument("--sharpness", type=float, default=0.0, help="lambda (0 = smoothest / highest PSNR)")
+    p.add_argument(
+        "--sharpness", type=float, default=0.0, help="lambda (0 = smoothest; trained range checked)"
+    )
     p.add_argument("--mask", default=None, help="optional quality mask .nii.gz on the map grid")
     p.add_argument("--out", required=True, help="output .nii.gz (file mode) or folder (batch mode)")
     p.add_argument("--device", default="cpu")

@@ -346,7 +346,7 @@ class MRSIPredictor:
 
     @property
     def sharpness_range(self) -> tuple[float, float]:
-        """(lowest, highest) sharpness lambda seen in training; 0 = smoothest, highest PSNR."""
+        """(lowest, highest) sharpness lambda seen in training; 0 = smoothest."""
         a = self.config.adversarial
         if not a.enabled:
             return (0.0, 0.0)
