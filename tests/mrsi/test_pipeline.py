@@ -49,6 +49,7 @@ def test_evaluate_writes_tables_and_figures(tiny_run: Path, tmp_path: Path) -> N
         "summary.json",
         "psnr_vs_sharpness.png",
         "sr_grid_NAA.png",
+        "lambda_sweep_NAA.png",  # one map across the evaluated lambdas (tiny: 0 and 1)
     ):
         assert (tmp_path / "eval" / name).is_file(), name
     import pandas as pd
