@@ -164,7 +164,9 @@ def test_mrsi_round_trip_matches_predict_file(mrsi_run: Path, tmp_path: Path) ->
     from medlearn.mrsi.predict import predict_file
 
     p = medlearn.load_mrsi(mrsi_run)
-    assert isinstance(p, api.MRSIPredictor) and p.sharpness_range == (0.0, 0.1)
+    adv = p.config.adversarial  # the trained range is [lambda_low, lambda_low + lambda_span]
+    assert isinstance(p, api.MRSIPredictor)
+    assert p.sharpness_range == (adv.lambda_low, adv.lambda_low + adv.lambda_span)
     lr, t1, flair = _mrsi_case()
     sr = p.super_resolve(lr, t1, flair, "NAA", lowres_matrix=6, sharpness=0.05)
     assert sr.shape == lr.shape and sr.dtype == np.float32 and np.isfinite(sr).all() and sr.max() > 0
