@@ -77,6 +77,8 @@ def test_failed_train_leaves_no_run_folder(tmp_path: Path, capsys) -> None:
     mama = ["mama", "train", "--config", "tiny"]
     _fails_and_leaves_nothing([*mama, f"data.prepared_dir={tmp_path / 'nowhere'}"], tmp_path / "r3", capsys)
     _fails_and_leaves_nothing([*mama, f"data.prepared_dir={tmp_path / 'prep'}"], tmp_path / "r4", capsys)
+    itl = ["itl", "train", "--config", "tiny", f"data.cache_dir={tmp_path / 'cache'}"]
+    _fails_and_leaves_nothing([*itl, f"data.root={tmp_path / 'nowhere'}"], tmp_path / "r6", capsys)
     # a folder that existed before a failed command is left exactly as it was
     (tmp_path / "r5").mkdir()
     (tmp_path / "r5" / "notes.txt").write_text("mine")
@@ -84,11 +86,6 @@ def test_failed_train_leaves_no_run_folder(tmp_path: Path, capsys) -> None:
     assert [p.name for p in (tmp_path / "r5").iterdir()] == ["notes.txt"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mrsi train writes <out>/splits.json before training starts and does not use the engine's "
-    "Run context manager (with prepare_run(...) as run) that removes it; item 6 of issue 17, open",
-)
 def test_mrsi_train_failing_on_a_corrupt_file_leaves_no_run_folder(tmp_path: Path, capsys) -> None:
     root = write_npy_patients(tmp_path / "data", n_patients=4, grid=16, slices=1)
     (root / "Patient2" / "Met_filtered" / "NAA.npy").write_bytes(b"not an npy file" * 4)

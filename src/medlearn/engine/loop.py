@@ -118,6 +118,7 @@ class Run:
         log.info("removed %s: the command failed before training started", self.out)
 
     def close(self) -> None:
+        """Close the metric log (idempotent)."""
         if self._logger is not None:
             self._logger.close()
 

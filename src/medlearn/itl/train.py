@@ -252,7 +252,14 @@ def train(
         results dict (also written to ``<out>/results.json`` when the sequence is complete), or
         ``{"stopped": True, "phase": k, "step": s, "signal": n}`` when interrupted.
     """
-    run = prepare_run(cfg, cfg.train.out, cfg.engine)
+    with prepare_run(cfg, cfg.train.out, cfg.engine) as run:  # a failure before training removes the folder
+        return _train_sequence(run, cfg, data, stop_after_phase)
+
+
+def _train_sequence(
+    run: Run, cfg: ITLConfig, data: MultiSiteData | None, stop_after_phase: int | None
+) -> dict[str, Any]:
+    """The phases of :func:`train` inside its run (``run`` is closed by the caller)."""
     acc, device, out, seed = run.accelerator, run.device, run.out, cfg.engine.seed
     name = cfg.train.strategy
     strategy = STRATEGIES.build(name)
@@ -314,7 +321,6 @@ def train(
         result = fit(run, hooks, spec)
         acc.free_memory()  # drop accelerate's references to this phase's DDP wrapper and optimizer
         if not result.finished:
-            run.close()
             return {"stopped": True, "phase": k, "step": result.step, "signal": result.signal}
         # end of phase: every process holds the main process's BatchNorm statistics, then memory,
         # EWC and evaluation are computed once (main) and shared, so all processes stay identical
@@ -354,7 +360,6 @@ def train(
             shutil.rmtree(phase_dir, ignore_errors=True)  # its state is in checkpoints/phase_KK now
         acc.wait_for_everyone()
         if stop_after_phase is not None and k >= stop_after_phase and k < len(sites) - 1:
-            run.close()
             return {"stopped": True, "phase": k, "step": 0}
 
     results = assemble_results(st, sites, heldout, n_params, name, strategy.fresh_model)
@@ -364,7 +369,6 @@ def train(
         (out / "results.json").write_text(json.dumps(json_safe(results), indent=2))
     acc.wait_for_everyone()
     save(len(sites) * steps, "final")
-    run.close()
     return results
 
 

@@ -456,15 +456,14 @@ def train(cfg: MRSIConfig) -> dict[str, Any]:
     the last generator when there is no validation split).
     """
     t = cfg.train
-    run = prepare_run(cfg, t.out, cfg.engine)
-    hooks = MRSIHooks(cfg, run)
-    spec = LoopSpec(
-        checkpoint_dir=run.out / "checkpoints", epochs=t.epochs, max_steps=t.max_steps, val_every=t.val_every,
-        select="val_content" if hooks.val_ds is not None else None, mode="min", best_dir=run.out / "best",
-        resume=t.resume, desc="mrsi train",
-    )  # fmt: skip
-    result = fit(run, hooks, spec)
-    run.close()
+    with prepare_run(cfg, t.out, cfg.engine) as run:  # a failure before training removes the folder
+        hooks = MRSIHooks(cfg, run)
+        spec = LoopSpec(
+            checkpoint_dir=run.out / "checkpoints", epochs=t.epochs, max_steps=t.max_steps, val_every=t.val_every,
+            select="val_content" if hooks.val_ds is not None else None, mode="min", best_dir=run.out / "best",
+            resume=t.resume, desc="mrsi train",
+        )  # fmt: skip
+        result = fit(run, hooks, spec)
     full = t.epochs * len(hooks.data)
     return {
         "out": str(run.out),
