@@ -142,10 +142,12 @@ class AdversarialConfig:
         zero_fraction: probability that lambda is 0 (10% in the reference).
         fixed_lambda: train with this constant lambda instead (fixed-lambda conditional GAN baseline).
         n_critic: critic steps per generator step (5); gp_weight: gradient-penalty weight (10).
-        route: which generator parameters the adversarial term trains: ``lambda_path`` (default:
-            only the lambda MLPs of the conditional norms; the content loss still trains everything;
-            architectures without conditional norms train all) or ``all`` (reference).  See
-            docs/mrsi.md (sharpness knob).
+        route: which generator parameters the adversarial term trains: ``lambda_path`` (only the
+            lambda MLPs of the conditional norms; the content loss still trains everything),
+            ``decoupled`` (as ``lambda_path``, and the shared weights learn from the content loss
+            at lambda = 0 only, in a second forward, so the lambda = 0 output is trained as the
+            non-adversarial model is) or ``all`` (reference).  Architectures without conditional
+            norms train all.  See docs/mrsi.md (sharpness knob).
     """
 
     enabled: bool = True
@@ -246,8 +248,10 @@ def validate(cfg: MRSIConfig) -> None:
         raise ConfigError(f"adversarial.zero_fraction must be in [0, 1], got {cfg.adversarial.zero_fraction}")
     if cfg.adversarial.lambda_span < 0 or cfg.adversarial.lambda_low < 0:
         raise ConfigError("adversarial.lambda_low and lambda_span must be >= 0")
-    if cfg.adversarial.route not in ("all", "lambda_path"):
-        raise ConfigError(f"adversarial.route='{cfg.adversarial.route}' is not 'all' or 'lambda_path'")
+    if cfg.adversarial.route not in ("all", "lambda_path", "decoupled"):
+        raise ConfigError(
+            f"adversarial.route='{cfg.adversarial.route}' is not one of all, lambda_path, decoupled"
+        )
     if cfg.loss.ssim_data_range not in ("sample", "batch"):
         raise ConfigError(f"loss.ssim_data_range='{cfg.loss.ssim_data_range}' is not 'sample' or 'batch'")
     if len(cfg.optim.betas) != 2:

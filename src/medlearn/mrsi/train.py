@@ -248,8 +248,14 @@ def train_step(
     t1, flair, hr, mask = batch["t1"], batch["flair"], batch["hr"], batch["mask"]
     b = hr.shape[0]
     nets.gen.train()
+    gen = accelerator.unwrap_model(nets.gen)
+    # route=decoupled: the forward at the drawn lambda trains the lambda path only (through a
+    # surrogate, outside DDP's hooks); the DDP-wrapped forward at lambda = 0 trains everything
+    decoupled = nets.critic is not None and cfg.adversarial.route == "decoupled" and bool(
+        getattr(gen, "_cin_layers", None)
+    )
     with accelerator.autocast():
-        sr = nets.gen(t1, flair, lr, n, batch["met"], lam, mask)
+        sr = (gen if decoupled else nets.gen)(t1, flair, lr, n, batch["met"], lam, mask)
     sr = sr.float()
     out: dict[str, Tensor] = {}
     adv_term = sr.new_zeros(())
@@ -270,7 +276,6 @@ def train_step(
         with accelerator.autocast():
             adv_term = generator_adv_loss(nets.critic, fake, lam).float()
         nets.critic.requires_grad_(True)
-        gen = accelerator.unwrap_model(nets.gen)
         if cfg.adversarial.route == "lambda_path" and getattr(gen, "_cin_layers", None):
             adv_grad = _lambda_path_surrogate(adv_term, gen)
         out.update(loss_d=loss_d.detach(), wdist=torch.as_tensor(wdist).detach())
@@ -287,6 +292,13 @@ def train_step(
     )
     loss = terms["content"] + adv_term
     trained = loss if adv_grad is None else terms["content"] + adv_grad
+    if decoupled:
+        with accelerator.autocast():
+            sr0 = nets.gen(t1, flair, lr, n, batch["met"], torch.zeros_like(lam), mask)
+        content0 = content_loss(sr0.float(), hr, lc.l1_weight, lc.ssim_weight, lc.ssim_upsample, lc.ssim_win,
+                                lc.ssim_levels, lc.ssim_data_range)["content"]  # fmt: skip
+        trained = content0 + _lambda_path_surrogate(loss, gen)
+        out["content0"] = content0.detach()
     backward_and_step(
         accelerator, trained, nets.opt_g, nets.sched_g, nets.gen.parameters(), cfg.engine.grad_clip
     )
@@ -415,7 +427,7 @@ class MRSIHooks(TrainHooks):
         )
         self.data = MetaboliteBatches(train_ds, cfg, acc.process_index, acc.num_processes)
         nets = _make_nets(cfg, train_ds.grid, len(self.data))
-        if cfg.engine.compile and cfg.adversarial.route == "lambda_path" and nets.critic is not None:
+        if cfg.engine.compile and cfg.adversarial.route in ("lambda_path", "decoupled") and nets.critic is not None:
             # the lambda-path surrogate backpropagates the adversarial term with retain_graph=True,
             # which compiled backward functions only allow without donated buffers (a memory saving)
             import torch._functorch.config as functorch_config
