@@ -8,7 +8,7 @@ Usage (on the GPU machine, from the repository root)::
 
 Each task's ``benchmarks/<task>_speed.py`` provides ``bench(config, steps, device, precision,
 overrides) -> dict`` (samples/s, it/s, peak memory, task extras); this script only chooses the
-configurations, runs them one after another, compares with the targets of the specs and writes
+configurations, runs them one after another, compares with the project's targets and writes
 the table.  Towers that the paper loads from a hub are built with random weights of the same
 shape (``name: random`` + the published architecture), because the GPU machine has no network:
 speed does not depend on the weights.  Without a GPU (and without ``--cpu-smoke``) it prints

@@ -19,8 +19,8 @@ width d on T tokens: matmuls 2*T*(4d^2 + 2*d*mlp), attention 4*T^2*d.  Training 
 trained weights (the image tower: forward, input gradient, weight gradient), 2x forward for the
 frozen text base (input gradients only; LoRA weight gradients are negligible).  The image tower
 runs on two images per sample (anchor + extra view).  At the paper size: 3.29 TFLOP per sample
-(spec: "about 3.4").  MFU = samples/s x FLOPs/sample / peak FLOP/s (``--peak-tflops``; default
-790 on CUDA, the spec's H200 bf16 figure; none on CPU).
+(a rough count gives about 3.4).  MFU = samples/s x FLOPs/sample / peak FLOP/s (``--peak-tflops``; default
+790 on CUDA, one H200's dense bf16 peak; none on CPU).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import torch
 from medlearn.mama.modeling.losses import sla_loss
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_PEAK_TFLOPS = 790.0  # spec section 10: one H200, bf16 dense
+DEFAULT_PEAK_TFLOPS = 790.0  # one H200, bf16 dense (NVIDIA's datasheet)
 
 
 def layer_flops(tokens: int, d: int, mlp: int) -> float:

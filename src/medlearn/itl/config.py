@@ -1,6 +1,6 @@
 """Typed configuration of the ``itl`` task (presets in ``configs/itl/*.yaml``).
 
-Every switch that encodes one of the spec's ASSUMPTIONs about the ITL method lives in
+Every switch that encodes one of our assumptions where the ITL paper is silent lives in
 :class:`ITLOptions`; see ``docs/itl.md`` for what each one means and which is the default.
 """
 
@@ -99,7 +99,7 @@ class ModelConfig:
 
 @dataclass
 class ITLOptions:
-    """The ITL method's parts; each is one of the spec's ASSUMPTIONs and can be switched off.
+    """The ITL method's parts; each is one of our assumptions where the paper is silent and can be switched off.
 
     Attributes:
         feature_mix: mix encoder features of exemplars and new data (ASSUMPTION: convex mixup in

@@ -8,7 +8,7 @@ millimetre coordinates, then sampled on the site's own grid:
   intermediate T2) and a peripheral zone (bright), bladder (urine, very bright), rectum (dark
   wall, air or mucus lumen), obturator/levator muscles (dark), pubic bone, subcutaneous and
   pelvic fat (bright), with smooth multiplicative textures per tissue;
-* acquisition (per site): in-plane spacing and slice thickness from the spec's table (partial
+* acquisition (per site): in-plane spacing and slice thickness from the datasets' public descriptions (partial
   volume along z), field-strength-like contrast (a tissue-contrast table and a gamma), Rician
   noise, an endorectal-coil bias field (strong posterior gain) where the real site used one, a
   surface-coil gradient elsewhere, vendor-like blur, and an intensity scale/offset.

@@ -104,7 +104,7 @@ class TextTowerConfig:
 
 @dataclass
 class HeadsConfig:
-    """Projection heads (spec section 2).
+    """Projection heads.
 
     Attributes:
         embed_dim: global embedding size (512).
@@ -136,7 +136,7 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """Loss terms, weights and their schedule (spec section 3).
+    """Loss terms, weights and their schedule.
 
     Attributes:
         clip, nt_xent, clip_extra, sla: switch each term on/off (plain CLIP = only ``clip``).

@@ -1,4 +1,4 @@
-"""Baselines and ablations of spec section 6, as switch settings of :class:`~medlearn.mrsi.networks.MCUNet`.
+"""Baselines and ablations of the paper, as switch settings of :class:`~medlearn.mrsi.networks.MCUNet`.
 
 Each entry is the set of constructor switches that turns the one network class into that method
 (no copied model files).  "Separate networks" (one single-scale net per n) and the fixed-lambda
@@ -37,4 +37,4 @@ REFERENCE_PARAMS: dict[str, float] = {
     "hypernetwork": 26.4e6,
     "critic": 1.28e6,
 }
-"""Parameter counts of the reference implementation at the paper configuration (spec section 4)."""
+"""Parameter counts of the reference implementation at the paper configuration."""

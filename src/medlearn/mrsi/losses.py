@@ -1,4 +1,4 @@
-"""Losses of the MRSI super-resolution GAN (spec section 5).
+"""Losses of the MRSI super-resolution GAN.
 
 Generator: ``l1_weight * L1 + ssim_weight * (1 - MS-SSIM) + lambda * adversarial``; critic:
 conditional WGAN-GP.  Maps are (B, 1, H, W); MRI slabs (B, 1, fH, fW, S); critic inputs

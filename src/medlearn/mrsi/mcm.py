@@ -1,8 +1,8 @@
 """The Multi-Conditional Module (MCM) and the conditioning layers of the baselines.
 
 Dong et al., "Multi-scale Super-resolution Magnetic Resonance Spectroscopic Imaging with Adjustable
-Sharpness", MICCAI 2022 (arXiv 2206.08984).  Our implementation of the layer shapes described in
-``specs/mrsi.md`` sections 1, 4 and 6:
+Sharpness", MICCAI 2022 (arXiv 2206.08984).  Our implementation of the layer shapes of
+the paper's Multi-Conditional Module:
 
 * :class:`FilterScaling` - condition (n) or (n, metabolite) -> one scale per (out, in) kernel pair.
 * :class:`HyperKernel` - condition n -> a whole convolution kernel (hypernetwork baseline).

@@ -1,4 +1,4 @@
-"""Image-quality and sharpness measures of super-resolved maps (spec section 7).
+"""Image-quality and sharpness measures of super-resolved maps.
 
 Fidelity follows the reference evaluation: scikit-image ``peak_signal_noise_ratio`` and
 ``structural_similarity`` (default 7x7 uniform window) on the full 2D map in original units,

@@ -1,6 +1,6 @@
 """Two-encoder 3D U-Net with the Multi-Conditional Module, and the WGAN critic.
 
-Dong et al., MICCAI 2022 (arXiv 2206.08984); our implementation of ``specs/mrsi.md`` sections 4-6.
+Dong et al., MICCAI 2022 (arXiv 2206.08984).
 One class, :class:`MCUNet`, covers the full model and every ablation/baseline through switches:
 
 * ``kernel_cond``: ``"none"`` (plain kernels), ``"fs_n"`` (Filter Scaling on n), ``"fs_nm"``

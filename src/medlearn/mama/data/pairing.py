@@ -1,4 +1,4 @@
-"""Multi-view pairing (spec section 4): which other images of the same exam can be the extra view.
+"""Multi-view pairing: which other images of the same exam can be the extra view.
 
 For row ``i`` of a per-image table, the partners are the other rows with the same patient and exam
 (``patient_id``, ``exam_id``); with ``same_breast_only`` also the same ``laterality`` (other views of

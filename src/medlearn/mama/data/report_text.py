@@ -1,4 +1,4 @@
-"""Structured text reports built from EMBED tabular fields (spec section 5), and zero-shot prompts.
+"""Structured text reports built from EMBED tabular fields, and zero-shot prompts.
 
 A report has 8 segments, each one sentence ending in "." (the text tower turns every "." and ";"
 into its sentence-separator token, so field values are cleaned of both characters). As in the

@@ -4,7 +4,7 @@ Inputs are (H, W) arrays, float in [0, 1] or uint8/uint16 cached images (convert
 cropping, which saves work; tissue bright); outputs are (3, S, S) float32 tensors,
 the grey channel repeated three times and normalised with mean 0.5 / std 0.5 (range [-1, 1]).
 
-Training (spec section 6, reference recipe): Otsu crop -> random resized crop (area scale 0.1-1,
+Training (reference recipe): Otsu crop -> random resized crop (area scale 0.1-1,
 aspect 3/4-4/3) to S x S -> horizontal and vertical flips (p 0.5 each) -> colour jitter (p 0.8;
 brightness and contrast, the only parts that act on a grey image) -> "random grayscale" (p 0.2; a
 no-op on grey images, kept as a parameter for parity) -> Gaussian blur (p 0.4, sigma 0.1-2.0 px) ->

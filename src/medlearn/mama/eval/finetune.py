@@ -1,4 +1,4 @@
-"""Supervised classification on images: full fine-tuning of the image tower (spec section 8).
+"""Supervised classification on images: full fine-tuning of the image tower.
 
 The classifier is the pre-trained image tower followed by a linear head on its pooled feature.
 Fine-tuning trains both with the linear-probe SGD recipe (reference); with ``freeze_tower=True``

@@ -1,4 +1,4 @@
-"""Linear probing of the image tower (spec section 8) and the supervised loop it shares with fine-tuning.
+"""Linear probing of the image tower and the supervised loop it shares with fine-tuning.
 
 Recipe (reference): frozen image tower, ``Linear(D -> K)`` on the pooled feature, SGD with momentum
 0.9, lr 5e-4, weight decay 1e-3, cosine schedule with 100 warm-up steps, 8000 steps, class-balanced

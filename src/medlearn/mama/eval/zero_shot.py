@@ -1,4 +1,4 @@
-"""Zero-shot classification with per-image prompts (spec section 8).
+"""Zero-shot classification with per-image prompts.
 
 Each test image gets one prompt per class: its own *unmasked* meta segments (procedure, reason,
 patient, image info) followed by a class-specific tail (density: the breast-composition segment of

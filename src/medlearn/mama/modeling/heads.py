@@ -1,4 +1,4 @@
-"""Projection heads and learnable temperatures of MaMA (spec section 2).
+"""Projection heads and learnable temperatures of MaMA.
 
 * global projections: Linear(D_img -> E) and Linear(D_txt -> E);
 * SLA heads, one for patches and one for sentences: per-token MLP d -> hidden (BatchNorm, ReLU)

@@ -1,7 +1,7 @@
-"""MaMA losses as pure functions (spec section 3).
+"""MaMA losses as pure functions.
 
 Notation: B rows on this process, N = world * B gathered rows; ``rank`` locates this process's rows
-inside the gathered ones.  "CE both ways" is CE(S) + CE(S^T) as in the spec (a sum, not a mean).
+inside the gathered ones.  "CE both ways" is CE(S) + CE(S^T) as in the reference (a sum, not a mean).
 
 * :func:`clip_loss`: image rows against all texts plus text rows against all images.
 * :func:`nt_xent_loss`: SimCLR's NT-Xent over the 2N views, this process's 2B rows.

@@ -11,7 +11,7 @@ the sentence features are the hidden states at the separator positions.
 
 Gradient checkpointing is non-reentrant and the input embeddings are marked to require gradients,
 so LoRA adapters inside checkpointed layers do receive gradients although the base is frozen (the
-reference's reentrant set-up silently gave them none: spec section 9).
+reference's reentrant set-up silently gave them none).
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ class MRSIDataset(Dataset):
 
     ``n`` is ``fixed_n`` when given, otherwise drawn uniformly from ``n_choices`` with a generator
     seeded by (seed, epoch, index) (call :meth:`set_epoch` each epoch; evaluation datasets keep
-    epoch 0 so they are identical every time).  Augmentation (spec section 2) is drawn from the same
+    epoch 0 so they are identical every time).  Augmentation is drawn from the same
     generator: rot90 (k in 0..3; on a non-square grid only 0 or 180 degrees, so shapes stay
     fixed), flips of H and W, a circular shift of up to ``max_shift`` map pixels (x3 on the MRI)
     and a flip of the MRI's 3-slice axis; map, mask and MRI stay aligned (map pixel (i, j) covers
