@@ -1,5 +1,5 @@
 """The real ``medlearn mama train`` under torchrun (2 gloo processes) equals 1 process on the same global
-batch across ``loss.late_loss``, and a SIGKILLed run, re-run with the same command, ends bit-identical
+batch across ``loss.late_loss`` (validation shared out over the processes included), and a SIGKILLed run, re-run with the same command, ends bit-identical
 to an uninterrupted one.
 
 DDP comparison: 2 processes x 4 images against 1 process x 8 images; every item's augmentation,
@@ -48,9 +48,14 @@ def _losses(run) -> dict[int, dict[str, float]]:
     return {r["step"]: r for r in recs if "loss" in r}
 
 
+def _validations(run) -> dict[int, dict[str, float]]:
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return {r["step"]: {k: v for k, v in r.items() if k.startswith("val_")} for r in recs if "val_i2t_top1" in r}
+
+
 def test_two_processes_equal_one_across_late_loss(prepared, tmp_path):
     common = ["mama", "train", "--config", "tiny", f"data.prepared_dir={prepared}", "train.max_steps=4",
-              "loss.late_loss=2", "loss.nt_xent=false", "loss.sla=false", "train.val_every=100",
+              "loss.late_loss=2", "loss.nt_xent=false", "loss.sla=false", "train.val_every=2",
               "engine.log_every=1", *NO_DROPOUT]  # fmt: skip
     run_cli([*common, f"train.out={tmp_path / 'one'}", "data.batch_size=8"], timeout=240)
     run_cli([*common, f"train.out={tmp_path / 'two'}", "data.batch_size=4"], nproc=2, timeout=240)
@@ -61,6 +66,14 @@ def test_two_processes_equal_one_across_late_loss(prepared, tmp_path):
         for term in ("loss", "clip", "clip_extra"):
             if term in one[step]:
                 assert two[step][term] == pytest.approx(one[step][term], rel=1e-4), (step, term)
+    # validation is shared out over the processes (each embeds its items) and gathered: the same
+    # retrieval metrics as one process over all items, at steps 0 (start), 2 and 4
+    val_one, val_two = (_validations(tmp_path / f) for f in ("one", "two"))
+    assert sorted(val_one) == sorted(val_two) == [0, 2, 4]
+    for step, metrics in val_one.items():
+        assert set(metrics) == set(val_two[step]) and metrics, step
+        for k, v in metrics.items():
+            assert val_two[step][k] == pytest.approx(v, abs=1e-9), (step, k)
     final = ("one", "two")
     for name in ("image", "heads"):
         a, b = (weights(tmp_path / f / "checkpoints" / "final", name) for f in final)

@@ -273,8 +273,12 @@ class TrainHooks:
     def before_step(self, step: int) -> None:
         """Called before the micro-batches of optimizer step ``step`` (e.g. switch a loss phase)."""
 
+    #: call :meth:`evaluate` on every process (it shares the work out and returns the metrics on
+    #: the main process); otherwise it runs on the main process while the others wait
+    evaluate_on_all_ranks: bool = False
+
     def evaluate(self) -> dict[str, float]:
-        """Validation metrics (main process only); empty when the task has no validation."""
+        """Validation metrics (on the main process); empty when the task has no validation."""
         return {}
 
     def state_dict(self) -> dict[str, Any]:
@@ -394,8 +398,9 @@ def fit(run: Run, hooks: TrainHooks, spec: LoopSpec) -> LoopResult:
     def validate() -> dict[str, float]:
         nonlocal best
         metrics: dict[str, float] = {}
-        if run.is_main:
+        if run.is_main or hooks.evaluate_on_all_ranks:
             metrics = hooks.evaluate()
+        if run.is_main:
             if metrics:
                 run.logger.log(step + spec.log_offset, **metrics)
                 log.info("step %d validation %s", step, {k: round(v, 4) for k, v in metrics.items()})

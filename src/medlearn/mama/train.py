@@ -193,17 +193,42 @@ def build_optimizer(params: list[torch.nn.Parameter], cfg: MamaConfig) -> torch.
 
 
 def validate(
-    model: MamaModel, val_ds: Dataset, cfg: MamaConfig, device: torch.device, collate_fn: Any
+    model: MamaModel,
+    val_ds: Dataset,
+    cfg: MamaConfig,
+    device: torch.device,
+    collate_fn: Any,
+    accelerator: Any = None,
 ) -> dict:
-    """Retrieval top-1/top-5 (both ways) on at most ``data.val_max`` validation items."""
+    """Retrieval top-1/top-5 (both ways) on at most ``data.val_max`` validation items.
+
+    With an ``accelerator`` of several processes every process embeds its share of the items
+    (item i on process i mod world) and the embeddings are gathered, so validation takes 1/world
+    of the time and no process waits idle; the metrics are returned on the main process ({} on
+    the others).
+    """
     n = len(val_ds) if cfg.data.val_max <= 0 else min(len(val_ds), cfg.data.val_max)
     if n < 2:
         return {}
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    per_rank = -(-n // world)
+    # equal shares for the gather: the last process repeats item n - 1, dropped after the gather
+    index = [min(rank + j * world, n - 1) for j in range(per_rank)]
     loader = DataLoader(
-        Subset(val_ds, range(n)), batch_size=cfg.data.batch_size, shuffle=False, collate_fn=collate_fn,
+        Subset(val_ds, index), batch_size=cfg.data.batch_size, shuffle=False, collate_fn=collate_fn,
         generator=torch.Generator().manual_seed(0),
     )  # fmt: skip
     img, txt, keys = embed_batches(model, loader, device)
+    if world > 1:
+        img, txt, keys = (accelerator.gather(t.to(device)).cpu() for t in (img, txt, keys))
+        # gathered row r * per_rank + j holds item r + j * world
+        item = torch.arange(world)[:, None] + torch.arange(per_rank)[None, :] * world
+        item = item.flatten()
+        keep = (item < n).nonzero().flatten()
+        order = keep[item[keep].argsort()]
+        img, txt, keys = img[order], txt[order], keys[order]
+        if not accelerator.is_main_process:
+            return {}
     return {f"val_{k}": v for k, v in retrieval_topk(img, txt, keys).items()}
 
 
@@ -320,8 +345,11 @@ class MamaHooks(TrainHooks):
             logs = dict(zip(names, mean.unbind()))
         return logs
 
+    evaluate_on_all_ranks = True  # each process embeds its share of the validation items
+
     def evaluate(self) -> dict[str, float]:
-        return validate(self.model, self.val_ds, self.cfg, self.accelerator.device, self.collate_fn)
+        acc = self.accelerator
+        return validate(self.model, self.val_ds, self.cfg, acc.device, self.collate_fn, acc)
 
     def state_dict(self) -> dict[str, Any]:
         return {"lora": lora_state(self.model)}
