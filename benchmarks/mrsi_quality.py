@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="4 patients, 16x16 maps, 10 steps")
     p.add_argument("--per-n", action="store_true", help="also train one single-scale network per n")
     p.add_argument("--eval-max-items", type=int, default=0, help="cap on test maps per n (0 = all)")
+    p.add_argument("--seed", type=int, default=0, help="engine.seed of every trained model (the data stay the same)")
     p.add_argument("--adv-overrides", nargs="*", default=[], help="extra overrides of the adversarial run")
     a = p.parse_args(argv)
     if a.quick:
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         f"train.batch_size={a.batch}", f"train.max_steps={a.steps}", "train.epochs=100000",
         "engine.device=cpu" if not torch.cuda.is_available() else "engine.device=auto",
         "engine.log_every=25", "engine.progress=false", "engine.tensorboard=false", f"eval.max_items={a.eval_max_items}",
-        f"adversarial.n_critic={a.n_critic}", "model.data_consistency=reference",
+        f"adversarial.n_critic={a.n_critic}", "model.data_consistency=reference", f"engine.seed={a.seed}",
     ]  # fmt: skip
     if 3 * h <= 64:  # pytorch_msssim needs side > (win - 1) * 16
         base.append("loss.ssim_win=3")
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         "per_n_lambda": res["mcm_adv"]["summary"]["per_n_lambda"], "lambdas": lambdas,
         "gain_x4_db": gain, "max_gap_to_per_n_db": gap, "sharpness_monotone": measures, "sharpness_rise": rise,
         "gradient_rise": grad_rise, "adv_lambda0_vs_noadv_db": adv0, "steps": a.steps, "batch": a.batch,
-        "hr_size": h, "adv_overrides": a.adv_overrides, "wall_s": time.time() - t0,
+        "hr_size": h, "seed": a.seed, "adv_overrides": a.adv_overrides, "wall_s": time.time() - t0,
         "train_s": {k: v["train_s"] for k, v in res.items()},
     }  # fmt: skip
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float))

@@ -142,11 +142,12 @@ class AdversarialConfig:
         zero_fraction: probability that lambda is 0 (10% in the reference).
         fixed_lambda: train with this constant lambda instead (fixed-lambda conditional GAN baseline).
         n_critic: critic steps per generator step (5); gp_weight: gradient-penalty weight (10).
-        route: which generator parameters the adversarial term trains: ``lambda_path`` (only the
-            lambda MLPs of the conditional norms; the content loss still trains everything),
-            ``decoupled`` (as ``lambda_path``, and the shared weights learn from the content loss
-            at lambda = 0 only, in a second forward, so the lambda = 0 output is trained as the
-            non-adversarial model is) or ``all`` (reference).  Architectures without conditional
+        route: which generator parameters the adversarial term trains: ``decoupled`` (default:
+            only the lambda MLPs of the conditional norms, and the shared weights learn from the
+            content loss at lambda = 0 only, in a second forward, so the lambda = 0 output is
+            trained as the non-adversarial model is), ``lambda_path`` (the adversarial term trains
+            the lambda MLPs only; the content loss at the drawn lambda trains everything) or
+            ``all`` (reference).  Architectures without conditional
             norms train all.  See docs/mrsi.md (sharpness knob).
     """
 
@@ -157,7 +158,7 @@ class AdversarialConfig:
     fixed_lambda: float | None = None
     n_critic: int = 5
     gp_weight: float = 10.0
-    route: str = "lambda_path"
+    route: str = "decoupled"
 
 
 @dataclass
