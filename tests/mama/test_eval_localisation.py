@@ -93,9 +93,13 @@ def test_fit_context_keeps_the_chosen_sentence_whole():
     assert L.fit_context(s, 3, None) == ("a b c. d e. f g h i. j.", 3)
 
 
-def test_heatmap_is_the_similarity_sla_trains():
+@pytest.mark.parametrize("sentence_batchnorm", ["per_report", "batch"])
+def test_heatmap_is_the_similarity_sla_trains(sentence_batchnorm):
     """Issue 13 check (a): the heatmap of sentence j is row j of the SLA similarity block of a training step
-    (same patch tokens, heads, normalisation, sign and direction), not the running-statistics variant."""
+    (same patch tokens, heads, normalisation, sign and direction).  ``per_report``: each report's own
+    sentence statistics, not the running-statistics variant; ``batch``: training normalises over the
+    batch's sentences, and one image has no batch, so the map uses the running statistics, which is
+    the training forward with the sentence head's BatchNorm in eval mode."""
     from medlearn.config import load_config
     from medlearn.mama.config import MamaConfig
     from medlearn.mama.eval.evaluate import MamaEncoder
@@ -105,10 +109,11 @@ def test_heatmap_is_the_similarity_sla_trains():
         from tests.mama.pt_fakes import TINY
     except ImportError:
         from pt_fakes import TINY
-    cfg = load_config(MamaConfig, TINY)
+    cfg = load_config(MamaConfig, TINY, [f"model.heads.sentence_batchnorm={sentence_batchnorm}"])
     torch.manual_seed(0)
     model = MamaModel(cfg.model, cfg.loss)
     model.set_late_phase(True)
+    per_report = sentence_batchnorm == "per_report"
     images = torch.randn(3, 3, 32, 32)
     reports = [
         "Procedure reported: MG. Findings: benign. There is an oval mass. Overall: benign.",
@@ -119,6 +124,11 @@ def test_heatmap_is_the_similarity_sla_trains():
     model.train()
     model.text.eval()  # GPT-2's own dropout off, so both paths see the same token states
     model.heads.img_local.eval()  # patches use running statistics in both paths; sentences are the question
+    if not per_report:
+        with torch.no_grad():  # give the running statistics values of their own (not the initial 0 / 1)
+            for _ in range(3):
+                model(images, enc["input_ids"], enc["attention_mask"], images, late=True)
+        model.heads.txt_local.eval()
     with torch.no_grad():
         out = model(images, enc["input_ids"], enc["attention_mask"], images, late=True)
     model.eval()
@@ -128,8 +138,9 @@ def test_heatmap_is_the_similarity_sla_trains():
         trained = out["patches"][i] @ out["sentences"][i, j]  # the (i, i, :, j) slice of sla_scores' block
         torch.testing.assert_close(m.flatten(), trained, rtol=1e-4, atol=1e-5)
         assert L.hottest_cell(m) == np.unravel_index(int(trained.argmax()), m.shape)
-        (old,) = L.sentence_maps(encoder, images[i : i + 1], [reports[i]], [j], sentence_stats="running")
-        assert (old.flatten() - trained).abs().max() > 1e-2  # the former heatmap is a different map
+        if per_report:
+            (old,) = L.sentence_maps(encoder, images[i : i + 1], [reports[i]], [j], sentence_stats="running")
+            assert (old.flatten() - trained).abs().max() > 1e-2  # the former heatmap is a different map
 
 
 def test_chance_hit_rate_counts_cells_by_hand():

@@ -80,7 +80,7 @@ def _sentences() -> torch.Tensor:
 
 
 def test_sentence_head_normalises_over_each_reports_sentences():
-    heads = _heads()
+    heads = _heads(sentence_batchnorm="per_report")
     x = _sentences()
     out = heads.sentence_local(x, SENT_MASK)
     for b in range(3):
@@ -97,7 +97,7 @@ def test_sentence_head_normalises_over_each_reports_sentences():
 
 def test_row_batch_norm_running_stats_match_one_call_per_report():
     """The running statistics equal those of nn.BatchNorm1d called on each report in turn."""
-    heads = _heads()
+    heads = _heads(sentence_batchnorm="per_report")
     seq = copy.deepcopy(heads.txt_local.net)
     x = _sentences()
     heads.sentence_local(x, SENT_MASK)

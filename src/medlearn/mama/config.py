@@ -115,8 +115,10 @@ class HeadsConfig:
         ii_batchnorm: statistics of the image-image head's BatchNorms: ``per_view`` (the head is
             applied to the B anchors and to the B extra images separately, the reference) or
             ``joint`` (one batch of 2B).
-        sentence_batchnorm: statistics of the sentence SLA head's BatchNorms: ``per_report`` (over
-            each report's own sentences, the reference) or ``batch`` (over every sentence of the batch).
+        sentence_batchnorm: statistics of the sentence SLA head's BatchNorms: ``batch`` (default:
+            over every sentence of the batch) or ``per_report`` (over each report's own sentences,
+            the reference; the ``paper`` preset).  Per-report centering made the trained local
+            alignment point away from the findings (docs/mama_eval.md, run 5).
     """
 
     embed_dim: int = 512
@@ -124,7 +126,7 @@ class HeadsConfig:
     local_dim: int = 512
     ii_dim: int = 512
     ii_batchnorm: Literal["per_view", "joint"] = "per_view"
-    sentence_batchnorm: Literal["per_report", "batch"] = "per_report"
+    sentence_batchnorm: Literal["per_report", "batch"] = "batch"
 
 
 @dataclass

@@ -6,8 +6,8 @@
   over the token axis, which is the same map as the ``Linear`` layers used here; we apply them to
   the valid (non-padding) tokens only so that padded sentence slots do not enter the BatchNorm
   statistics.  Patch BatchNorms take their statistics over all B x P patches; sentence
-  BatchNorms over each report's own sentences (``sentence_batchnorm: per_report``, the reference,
-  which calls the head once per report) or over all sentences of the batch (``batch``);
+  BatchNorms over all sentences of the batch (``sentence_batchnorm: batch``, the default) or over
+  each report's own sentences (``per_report``, the reference, which calls the head once per report);
 * image-image (SimCLR) head: Linear(D -> D, no bias), BatchNorm, ReLU, Linear(D -> ii_dim, no
   bias), BatchNorm, applied to the anchors and to the extra images separately
   (``ii_batchnorm: per_view``, the reference) or to both views as one batch (``joint``);
