@@ -42,11 +42,21 @@ MAMA_PAPER_TOWERS = [
     "model.text.arch={model_type: gpt2, n_embd: 2560, n_layer: 32, n_head: 20, n_positions: 1024}",
 ]
 
-# (task, bench keyword arguments on a GPU, the same on the CPU smoke run, targets)
+NO_ACTIVATION_CHECKPOINTING = [
+    "model.image.gradient_checkpointing=false",
+    "model.text.gradient_checkpointing=false",
+]
+
+# (task, bench keyword arguments on a GPU, the same on the CPU smoke run, targets[, variant])
 PLAN = [
     ("mama", {"config": "paper", "steps": 20, "precision": "bf16", "overrides": MAMA_PAPER_TOWERS},
      {"config": "tiny", "steps": 4, "precision": "fp32"},
      {"samples_per_s": 96.0, "mfu": 0.40}),
+    # the activation-checkpointing default is chosen by memory: the same run without it
+    ("mama", {"config": "paper", "steps": 20, "precision": "bf16",
+              "overrides": [*MAMA_PAPER_TOWERS, *NO_ACTIVATION_CHECKPOINTING]},
+     {"config": "tiny", "steps": 4, "precision": "fp32", "overrides": NO_ACTIVATION_CHECKPOINTING},
+     {"samples_per_s": 96.0, "mfu": 0.40}, "no activation checkpointing"),
     ("mrsi", {"config": "paper", "steps": 40, "precision": "fp32"},
      {"config": "tiny", "steps": 4, "precision": "fp32"},
      {"it_per_s": 11.3, "maps_per_s": 4300.0}),
@@ -83,8 +93,30 @@ def verdicts(row: dict, targets: dict[str, float]) -> str:
     return "; ".join(out)
 
 
+def checkpointing_choice(rows: list[dict], total_gib: float | None, headroom: float = 0.8) -> str:
+    """The MaMA activation-checkpointing default this card supports: off when the run without it
+    fits in ``headroom`` of the card's memory (it is faster), else on.  Empty without both rows."""
+    mama = {r.get("variant"): r for r in rows if r.get("task") == "mama" and "peak_mem_gib" in r}
+    on, off = mama.get("default"), mama.get("no activation checkpointing")
+    if on is None or off is None:
+        return ""
+    speed = f"{on.get('samples_per_s', 0):.3g} -> {off.get('samples_per_s', 0):.3g} samples/s"
+    mem = f"peak {on['peak_mem_gib']:.3g} -> {off['peak_mem_gib']:.3g} GiB"
+    if total_gib is None:
+        return f"activation checkpointing off: {speed}, {mem} (CPU smoke: no choice made)"
+    fits = off["peak_mem_gib"] <= headroom * total_gib
+    return (
+        f"activation checkpointing off: {speed}, {mem} of {total_gib:.0f} GiB: "
+        + (
+            "fits, so model.*.gradient_checkpointing=false is the faster choice on this card"
+            if fits
+            else "does not fit, keep gradient_checkpointing=true"
+        )  # fmt: skip
+    )
+
+
 def markdown(rows: list[dict], device: str) -> str:
-    cols = ["task", "config", "precision", "batch", "it_per_s", "samples_per_s", "peak_mem_gib", "mfu",
+    cols = ["task", "variant", "config", "precision", "batch", "it_per_s", "samples_per_s", "peak_mem_gib", "mfu",
             "maps_per_s", "seconds", "verdict"]  # fmt: skip
     lines = [
         f"# medlearn GPU suite ({device}; torch {torch.__version__}; {time.strftime('%Y-%m-%d %H:%M')})",
@@ -116,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.cuda.get_device_name(0) if gpu else f"CPU ({os.cpu_count()} cores, {platform.machine()})"
     wanted = set(a.tasks.split(","))
     rows = []
-    for task, gpu_kw, cpu_kw, targets in PLAN:
+    for task, gpu_kw, cpu_kw, targets, *variant in PLAN:
         if task not in wanted:
             continue
         kw = dict(gpu_kw if gpu else cpu_kw)
@@ -133,16 +165,21 @@ def main(argv: list[str] | None = None) -> int:
                 "verdict": f"FAILED: {type(exc).__name__}: {exc}"[:200],
             }
         row["seconds"] = round(time.time() - t0, 1)
+        row["variant"] = variant[0] if variant else "default"
         rows.append(row)
         print(json.dumps(row, default=str), flush=True)
         if gpu:
             torch.cuda.empty_cache()
+    total_gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if gpu else None
+    choice = checkpointing_choice(rows, total_gib)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     name = "gpu_suite" if gpu else "gpu_suite_cpu_smoke"
-    (out / f"{name}.md").write_text(markdown(rows, device))
+    (out / f"{name}.md").write_text(markdown(rows, device) + ("\n" + choice + "\n" if choice else ""))
     (out / f"{name}.json").write_text(json.dumps({"device": device, "rows": rows}, indent=2, default=str))
     print(markdown(rows, device))
+    if choice:
+        print(choice)
     print(f"summary: {len(rows)} task(s) on {device}; table in {out / (name + '.md')}")
     return 0 if all(not str(r.get("verdict", "")).startswith("FAILED") for r in rows) else 1
 

@@ -14,7 +14,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 from compare_revisions import seconds_per_step  # noqa: E402
-from gpu_suite import verdicts  # noqa: E402
+from gpu_suite import checkpointing_choice, verdicts  # noqa: E402
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the fallback line is printed only without a GPU")
@@ -30,6 +30,15 @@ def test_verdicts_compare_with_the_targets():
         "it_per_s met (>= 11.3); maps_per_s NOT met (>= 4300)"
     )
     assert verdicts({"samples_per_s": 50.0}, {"samples_per_s": 96.0, "mfu": 0.4}).endswith("mfu n/a (>= 0.4)")
+
+
+def test_checkpointing_choice_follows_the_memory_of_the_card():
+    on = {"task": "mama", "variant": "default", "samples_per_s": 50.0, "peak_mem_gib": 20.0}
+    off = {"task": "mama", "variant": "no activation checkpointing", "samples_per_s": 70.0, "peak_mem_gib": 100.0}
+    assert "fits" in checkpointing_choice([on, off], total_gib=139.0)  # 100 <= 0.8 x 139 = 111.2
+    assert "does not fit" in checkpointing_choice([on, off], total_gib=80.0)  # 100 > 64
+    assert checkpointing_choice([on], total_gib=80.0) == ""  # one row: nothing to choose from
+    assert "no choice made" in checkpointing_choice([on, off], total_gib=None)
 
 
 def test_seconds_per_step_is_the_median_gap_after_warmup(tmp_path):
