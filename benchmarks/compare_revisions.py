@@ -10,6 +10,8 @@ after ``--warmup`` steps, so start-up, data preparation and checkpoints are left
 Usage::
 
     python benchmarks/compare_revisions.py --base 69442bc --head HEAD --tasks mrsi,itl,mama --repeats 3
+    python benchmarks/compare_revisions.py --preset tiny --tasks mrsi \
+        --head-override mrsi:adversarial.route=all --head-override mrsi:model.lambda_offset=false
 
 Prints a table (median seconds per step per revision, ratio base/head = the speed-up of head) and
 writes ``--json``.  Synthetic data is written once per revision by that revision's own ``synth``
@@ -39,12 +41,12 @@ def _run(cmd: list[str], src: Path, cwd: Path, threads: int) -> None:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
 
 
-def _preset(tree: Path, task: str) -> Path:
+def _preset(tree: Path, task: str, name: str = "demo") -> Path:
     for folder in (tree / "src" / "medlearn" / "configs", tree / "configs"):
-        p = folder / task / "demo.yaml"
+        p = folder / task / f"{name}.yaml"
         if p.is_file():
             return p
-    raise FileNotFoundError(f"no demo preset of {task} in {tree}")
+    raise FileNotFoundError(f"no {name} preset of {task} in {tree}")
 
 
 def _new_keys(tree: Path) -> bool:
@@ -103,6 +105,18 @@ def _train_overrides(task: str, tree: Path, out: Path, steps: int) -> dict[str, 
     return ov
 
 
+def task_overrides(overrides: list[str], task: str) -> list[str]:
+    """The overrides for ``task``: ``task:key=value`` applies to that task only, ``key=value`` to all."""
+    out = []
+    for o in overrides:
+        prefix, sep, rest = o.partition(":")
+        if not sep or "=" in prefix:
+            out.append(o)
+        elif prefix == task:
+            out.append(rest)
+    return out
+
+
 def seconds_per_step(metrics: Path, warmup: int) -> float:
     """Median seconds between consecutive logged training steps after ``warmup`` steps."""
     recs = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
@@ -128,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=24, help="optimizer steps per run (per phase for ITL)")
     ap.add_argument("--warmup", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--preset", default="demo", help="the preset both revisions train (demo, tiny)")
+    ap.add_argument("--head-override", action="append", default=[], metavar="KEY=VALUE",
+                    help="dotted override for the head's runs only (repeatable; TASK:KEY=VALUE for one task), "
+                    "e.g. engine.compile=true or the switches that reproduce the base's maths")  # fmt: skip
     ap.add_argument("--json", default="", help="write the rows here")
     ap.add_argument("--keep", action="store_true", help="keep the worktrees and runs")
     a = ap.parse_args(argv)
@@ -152,8 +170,9 @@ def main(argv: list[str] | None = None) -> int:
                     tree = trees[label]
                     out = work / f"run-{label}-{task}-{r}"
                     ov = {**data[(label, task)], **_train_overrides(task, tree, out, a.steps)}
-                    cmd = [sys.executable, "-m", "medlearn.cli", task, "train", "--config", str(_preset(tree, task)),
-                           *[f"{k}={v}" for k, v in ov.items()]]  # fmt: skip
+                    extra = task_overrides(a.head_override, task) if label == "head" else []
+                    cmd = [sys.executable, "-m", "medlearn.cli", task, "train", "--config",
+                           str(_preset(tree, task, a.preset)), *[f"{k}={v}" for k, v in ov.items()], *extra]  # fmt: skip
                     t0 = time.time()
                     _run(cmd, tree / "src", work, a.threads)
                     s = seconds_per_step(out / "metrics.jsonl", a.warmup)
@@ -163,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for task in tasks:
             base, head = statistics.median(times[("base", task)]), statistics.median(times[("head", task)])
-            rows.append({"task": task, "base": a.base, "head": a.head, "base_ms_per_step": round(base * 1000, 2),
+            rows.append({"task": task, "base": a.base, "head": a.head, "preset": a.preset,
+                         "head_overrides": task_overrides(a.head_override, task),
+                         "base_ms_per_step": round(base * 1000, 2),
                          "head_ms_per_step": round(head * 1000, 2), "speedup": round(base / head, 3),
                          "repeats": a.repeats, "steps": a.steps, "threads": a.threads})  # fmt: skip
         print(f"\n{'task':6s} {'base ms/step':>13s} {'head ms/step':>13s} {'speed-up':>9s}")

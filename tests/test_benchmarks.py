@@ -13,7 +13,7 @@ import torch
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
-from compare_revisions import seconds_per_step  # noqa: E402
+from compare_revisions import seconds_per_step, task_overrides  # noqa: E402
 from gpu_suite import checkpointing_choice, verdicts  # noqa: E402
 
 
@@ -51,3 +51,10 @@ def test_seconds_per_step_is_the_median_gap_after_warmup(tmp_path):
     assert seconds_per_step(path, warmup=2) == pytest.approx(1.25)
     with pytest.raises(RuntimeError, match="too few"):
         seconds_per_step(path, warmup=7)
+
+
+def test_head_overrides_apply_to_their_task():
+    given = ["engine.compile=true", "mrsi:adversarial.route=all", "itl:itl.teacher=decoder"]
+    assert task_overrides(given, "mrsi") == ["engine.compile=true", "adversarial.route=all"]
+    assert task_overrides(given, "mama") == ["engine.compile=true"]
+    assert task_overrides(["data.root=a:b"], "itl") == ["data.root=a:b"]  # a colon inside a value
