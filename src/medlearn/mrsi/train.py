@@ -297,7 +297,7 @@ def train_step(
             sr0 = nets.gen(t1, flair, lr, n, batch["met"], torch.zeros_like(lam), mask)
         content0 = content_loss(sr0.float(), hr, lc.l1_weight, lc.ssim_weight, lc.ssim_upsample, lc.ssim_win,
                                 lc.ssim_levels, lc.ssim_data_range)["content"]  # fmt: skip
-        trained = content0 + _lambda_path_surrogate(loss, gen)
+        trained = content0 + _lambda_path_surrogate(loss, gen, retain_graph=False)  # lambda graph done
         out["content0"] = content0.detach()
     backward_and_step(
         accelerator, trained, nets.opt_g, nets.sched_g, nets.gen.parameters(), cfg.engine.grad_clip
@@ -315,15 +315,16 @@ def train_step(
     return out
 
 
-def _lambda_path_surrogate(adv_term: Tensor, gen: nn.Module) -> Tensor:
+def _lambda_path_surrogate(adv_term: Tensor, gen: nn.Module, retain_graph: bool = True) -> Tensor:
     """A term whose gradient is the adversarial term's gradient on the lambda-path parameters only.
 
     ``sum_p <p, d adv / d p>`` over :meth:`MCUNet.lambda_path_parameters` (gradients detached):
     added to the content loss, one backward (and DDP's one all-reduce) gives every parameter its
-    content gradient and the lambda MLPs the adversarial gradient as well.
+    content gradient and the lambda MLPs the adversarial gradient as well.  ``retain_graph=False``
+    frees ``adv_term``'s graph when nothing backpropagates through it again (``route=decoupled``).
     """
     params = gen.lambda_path_parameters()
-    grads = torch.autograd.grad(adv_term, params, retain_graph=True, allow_unused=True)
+    grads = torch.autograd.grad(adv_term, params, retain_graph=retain_graph, allow_unused=True)
     terms = [(p * g.detach()).sum() for p, g in zip(params, grads) if g is not None]
     return torch.stack(terms).sum() if terms else adv_term.new_zeros(())
 
