@@ -99,7 +99,7 @@ FENCE = re.compile(r"^```([\w-]*)[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
 MARKER = re.compile(r"<!--\s*docs-test:\s*(\w+)\s*(.*?)\s*-->")
 # a line that starts like a command (not a diagram line with box-drawing characters)
 LOOKS_LIKE_A_COMMAND = re.compile(
-    r"^\s*(medlearn|python -m medlearn|make|pip|torchrun|accelerate|sbatch|srun)\b[^\n\u2500-\u257f]*$", re.M
+    r"^\s*(medlearn|python|make|pip|torchrun|accelerate|sbatch|srun)\b[^\n\u2500-\u257f]*$", re.M
 )
 
 
