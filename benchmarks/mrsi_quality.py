@@ -11,7 +11,7 @@ sharpness at 5 lambdas spanning its trained range.  Every model is trained by
 Usage::
 
     python benchmarks/mrsi_quality.py --out runs/bench/mrsi_quality            # 32x32 maps, CPU-sized
-    python benchmarks/mrsi_quality.py --hr-size 64 --batch 4 --steps 100       # the real grid, CPU
+    python benchmarks/mrsi_quality.py --hr-size 64 --batch 4 --steps 300 --patients 12 --n-test 3  # the real grid, CPU
     python benchmarks/mrsi_quality.py --quick                                   # smoke run (minutes)
     python benchmarks/mrsi_quality.py --hr-size 64 --steps 20000 --config paper # the real thing (GPU)
     python benchmarks/mrsi_quality.py --adv-overrides model.lambda_offset=false adversarial.route=all \
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-test", type=int, default=2)
     p.add_argument("--steps", type=int, default=150, help="generator steps per trained model")
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--n-critic", type=int, default=2)
+    p.add_argument("--n-critic", type=int, default=5, help="critic steps per generator step (the paper's 5)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="4 patients, 16x16 maps, 10 steps")
     p.add_argument("--per-n", action="store_true", help="also train one single-scale network per n")
