@@ -279,24 +279,13 @@ def train_step(
         if cfg.adversarial.route == "lambda_path" and getattr(gen, "_cin_layers", None):
             adv_grad = _lambda_path_surrogate(adv_term, gen)
         out.update(loss_d=loss_d.detach(), wdist=torch.as_tensor(wdist).detach())
-    lc = cfg.loss
-    terms = content_loss(
-        sr,
-        hr,
-        lc.l1_weight,
-        lc.ssim_weight,
-        lc.ssim_upsample,
-        lc.ssim_win,
-        lc.ssim_levels,
-        lc.ssim_data_range,
-    )
+    terms = configured_content_loss(cfg, sr, hr)
     loss = terms["content"] + adv_term
     trained = loss if adv_grad is None else terms["content"] + adv_grad
     if decoupled:
         with accelerator.autocast():
             sr0 = nets.gen(t1, flair, lr, n, batch["met"], torch.zeros_like(lam), mask)
-        content0 = content_loss(sr0.float(), hr, lc.l1_weight, lc.ssim_weight, lc.ssim_upsample, lc.ssim_win,
-                                lc.ssim_levels, lc.ssim_data_range)["content"]  # fmt: skip
+        content0 = configured_content_loss(cfg, sr0.float(), hr)["content"]
         trained = content0 + _lambda_path_surrogate(loss, gen, retain_graph=False)  # lambda graph done
         out["content0"] = content0.detach()
     backward_and_step(
@@ -313,6 +302,14 @@ def train_step(
         means = accelerator.reduce(torch.stack([v.float() for v in out.values()]), reduction="mean")
         out = dict(zip(out, means))
     return out
+
+
+def configured_content_loss(cfg: MRSIConfig, sr: Tensor, hr: Tensor) -> dict[str, Tensor]:
+    """:func:`~medlearn.mrsi.losses.content_loss` (L1 + MS-SSIM) with the weights and window of ``cfg.loss``."""
+    lc = cfg.loss
+    return content_loss(
+        sr, hr, lc.l1_weight, lc.ssim_weight, lc.ssim_upsample, lc.ssim_win, lc.ssim_levels, lc.ssim_data_range
+    )
 
 
 def _lambda_path_surrogate(adv_term: Tensor, gen: nn.Module, retain_graph: bool = True) -> Tensor:
@@ -343,16 +340,12 @@ def validate(cfg: MRSIConfig, gen: nn.Module, dataset: MRSIDataset, device: torc
         n_items = len(dataset) if cfg.train.val_max_items <= 0 else min(len(dataset), cfg.train.val_max_items)
         bs = cfg.train.batch_size
         totals = {k: torch.zeros((), device=device) for k in ("l1", "ssim", "content")}
-        lc = cfg.loss
         for i in range(0, n_items, bs):
             batch = _to(default_collate([dataset[j] for j in range(i, min(n_items, i + bs))]), device)
             b = batch["hr"].shape[0]
             lam = torch.zeros(b, device=device)
             sr = gen(batch["t1"], batch["flair"], batch["lr"], batch["n"], batch["met"], lam, batch["mask"])
-            terms = content_loss(
-                sr.float(), batch["hr"], lc.l1_weight, lc.ssim_weight, lc.ssim_upsample, lc.ssim_win, lc.ssim_levels,
-                lc.ssim_data_range,
-            )  # fmt: skip
+            terms = configured_content_loss(cfg, sr.float(), batch["hr"])
             for k in totals:
                 totals[k] += terms[k] * b
     finally:
