@@ -70,12 +70,17 @@ def make_data(args: argparse.Namespace, out: Path) -> Path:
     return prep
 
 
+def late_loss(args: argparse.Namespace) -> int:
+    """The step at which the late terms (SLA, NT-Xent, extra-view CLIP) switch on."""
+    return args.steps // 3 if args.late_loss is None else args.late_loss
+
+
 def run_config(args: argparse.Namespace, run: Path, prep: Path, seed: int, extra: list[str]) -> MamaConfig:
     return load_config(
         MamaConfig,
         ROOT / "configs" / "mama" / "demo.yaml",
         [
-            f"train.out={run}", f"data.prepared_dir={prep}", f"train.max_steps={args.steps}", f"loss.late_loss={args.steps // 3}",
+            f"train.out={run}", f"data.prepared_dir={prep}", f"train.max_steps={args.steps}", f"loss.late_loss={late_loss(args)}",
             f"optim.warmup_steps={max(1, args.steps // 20)}", f"data.batch_size={args.batch}", "train.val_every=0",
             f"model.image.image_size={args.image_size}", f"engine.device={args.device}", "engine.progress=false",
             f"engine.precision={'bf16' if args.device == 'cuda' else 'fp32'}", "engine.ckpt_every=0",
@@ -177,6 +182,9 @@ def main() -> None:
     )
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--steps", type=int, default=200, help="optimizer steps per model (the budget)")
+    ap.add_argument(
+        "--late-loss", type=int, default=None, help="step at which the late terms start (default steps // 3)"
+    )
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--probe-steps", type=int, default=8000, help="linear-probe SGD steps (reference 8000)")
     ap.add_argument("--tasks", default="density", help="comma list of density, birads")

@@ -175,8 +175,10 @@ def test_channels_last_computes_the_same_step():
     res = []
     for cl in (False, True):
         torch.manual_seed(0)
-        net = MCUNet(base_width=4, depth=3, latent=8, channels_last=cl)
-        critic = Critic(width=4, n_blocks=2, input_shape=(48, 48, 3), hidden=8, channels_last=cl)
+        # 3D operations only: with the 2D forms as well, one max-pool window of these inputs holds a
+        # near-tie whose argmax flips with the rounding (tests/mrsi/test_planar.py covers those)
+        net = MCUNet(base_width=4, depth=3, latent=8, channels_last=cl, planar=False)
+        critic = Critic(width=4, n_blocks=2, input_shape=(48, 48, 3), hidden=8, channels_last=cl, planar=False)
         y = net(t1, fl, lr, n, met, lam)
         d = critic(torch.cat([t1, fl, t1, t1], 1) * y.mean())
         (y.square().sum() + d.sum()).backward()

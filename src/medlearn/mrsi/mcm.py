@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from medlearn.mrsi.planar import conv3d
+
 __all__ = [
     "AdaptiveModulationNorm",
     "ConditionalInstanceNorm",
@@ -40,13 +42,14 @@ def mapping_mlp(in_dim: int, latent: int, depth: int = 4, slope: float = 0.2) ->
     return nn.Sequential(*layers)
 
 
-def batched_conv3d(x: Tensor, weight: Tensor, padding: tuple[int, int, int]) -> Tensor:
+def batched_conv3d(x: Tensor, weight: Tensor, padding: tuple[int, int, int], planar: bool = True) -> Tensor:
     """Convolve each sample with its own kernel (a batched modulated convolution).
 
     Args:
         x: (B, I, D, H, W) input.
         weight: (B, O, I, kd, kh, kw) one kernel per sample, or (O, I, kd, kh, kw) shared.
         padding: zero padding per spatial axis.
+        planar: run thin-slab cases as 2D convolutions (:func:`medlearn.mrsi.planar.conv3d`).
     Returns:
         (B, O, D', H', W').  With a per-sample kernel the batch is folded into the channel axis and
         run as one grouped convolution (``groups=B``), so a mixed batch costs one launch.
@@ -55,19 +58,20 @@ def batched_conv3d(x: Tensor, weight: Tensor, padding: tuple[int, int, int]) -> 
     if weight.dim() == 5:
         if cl:
             weight = weight.contiguous(memory_format=torch.channels_last_3d)
-        return F.conv3d(x, weight, padding=padding)
+        return conv3d(x, weight, padding=padding, planar=planar)
     b, i = x.shape[:2]
     o = weight.shape[1]
     if weight.shape[0] != b or weight.shape[2] != i:
         raise ValueError(f"batched_conv3d: weight {tuple(weight.shape)} does not fit input {tuple(x.shape)}")
     fmt = torch.channels_last_3d if cl else torch.contiguous_format
     if b == 1:
-        return F.conv3d(x, weight[0].contiguous(memory_format=fmt), padding=padding)
-    out = F.conv3d(
+        return conv3d(x, weight[0].contiguous(memory_format=fmt), padding=padding, planar=planar)
+    out = conv3d(
         x.reshape(1, b * i, *x.shape[2:]).contiguous(memory_format=fmt),
         weight.reshape(b * o, i, *weight.shape[3:]).contiguous(memory_format=fmt),
         padding=padding,
         groups=b,
+        planar=planar,
     )
     return out.reshape(b, o, *out.shape[2:]).contiguous(memory_format=fmt)
 

@@ -33,6 +33,7 @@ from medlearn.mrsi.mcm import (
     batched_conv3d,
     batched_filter_scales,
 )
+from medlearn.mrsi.planar import Conv3d, max_pool3d, resize_trilinear
 
 __all__ = ["Conditions", "ConvBlock", "Critic", "MCUNet", "KERNEL_CONDS", "NORM_CONDS"]
 
@@ -71,6 +72,7 @@ class ConvBlock(nn.Module):
         latent: width of the conditioning MLPs.
         num_metabolites, met_embed_dim: metabolite embedding (``fs_nm`` only).
         gamma_init: initial gamma bias of the conditional instance norm.
+        planar: thin-slab convolutions as 2D ones (:mod:`medlearn.mrsi.planar`; same numbers).
     """
 
     def __init__(
@@ -85,9 +87,10 @@ class ConvBlock(nn.Module):
         met_embed_dim: int = 3,
         gamma_init: float = 1.0,
         lambda_offset: bool = False,
+        planar: bool = True,
     ):
         super().__init__()
-        self.kernel_cond, self.norm_cond = kernel_cond, norm_cond
+        self.kernel_cond, self.norm_cond, self.planar = kernel_cond, norm_cond, planar
         self.padding = tuple(k // 2 for k in kernel)
         self.convs = nn.ModuleList()
         self.conds = nn.ModuleList()
@@ -132,7 +135,7 @@ class ConvBlock(nn.Module):
     def forward(self, x: Tensor, c: Conditions) -> Tensor:
         """(B, in_ch, D, H, W) -> (B, out_ch, D, H, W)."""
         for j in range(2):
-            x = batched_conv3d(x, self._kernel(j, c), self.padding)
+            x = batched_conv3d(x, self._kernel(j, c), self.padding, self.planar)
             if self.norm_cond == "lambda":
                 norm = self.norms[j]
                 x = norm(x, c.lam, None if c.styles is None else c.styles[norm.bank_index])
@@ -156,12 +159,13 @@ class _Encoder(nn.Module):
             self.blocks.append(ConvBlock(prev, w, kernel, **block_kw))
             prev = w
         self.pools = [(2, 2, slab_depth)] + [(2, 2, 1)] * (len(widths) - 2)
+        self.planar = block_kw.get("planar", True)
 
     def forward(self, x: Tensor, c: Conditions) -> list[Tensor]:
         feats = []
         for lvl, block in enumerate(self.blocks):
             if lvl > 0:
-                x = F.max_pool3d(x, self.pools[lvl - 1])
+                x = max_pool3d(x, self.pools[lvl - 1], self.planar)
             x = block(x, c)
             feats.append(x)
         return feats
@@ -194,6 +198,9 @@ class MCUNet(nn.Module):
             :class:`ConditionalInstanceNorm`); False = the reference ``S(lambda)``.
         channels_last: keep 5-D activations and kernels in ``channels_last_3d`` memory order (the
             same numbers up to float rounding; oneDNN's 3D convolutions run about 1.5-2x faster so).
+        planar: run convolutions, pools and resampling that do not mix the slab axis (or collapse
+            it whole) as 2D operations (:mod:`medlearn.mrsi.planar`; the same numbers up to float
+            rounding); False = 3D operations everywhere, as the reference.
     Example:
         >>> net = MCUNet(base_width=2, depth=2)
         >>> t1 = torch.rand(2, 1, 12, 12, 3); lr = torch.rand(2, 1, 4, 4)
@@ -220,6 +227,7 @@ class MCUNet(nn.Module):
         batched_conditioning: bool = True,
         lambda_offset: bool = False,
         channels_last: bool = False,
+        planar: bool = True,
     ):
         super().__init__()
         if kernel_cond not in KERNEL_CONDS:
@@ -240,7 +248,9 @@ class MCUNet(nn.Module):
             met_embed_dim=met_embed_dim,
             gamma_init=gamma_init,
             lambda_offset=lambda_offset,
+            planar=planar,
         )
+        self.planar = bool(planar)
         self.enc_a = _Encoder(2, widths, slab_depth, **kw)
         self.enc_b = _Encoder(2, widths, slab_depth, **kw)
         self.up_convs = nn.ModuleList()
@@ -249,10 +259,10 @@ class MCUNet(nn.Module):
         for lvl in range(depth - 2, -1, -1):
             kernel = (3, 3, 3) if lvl == 0 else (3, 3, 1)
             pad = tuple(k // 2 for k in kernel)
-            self.up_convs.append(nn.Conv3d(prev, widths[lvl], kernel, padding=pad))
+            self.up_convs.append(Conv3d(prev, widths[lvl], kernel, padding=pad, planar=planar))
             self.dec_blocks.append(ConvBlock(3 * widths[lvl], widths[lvl], kernel, **kw))
             prev = widths[lvl]
-        self.head = nn.Conv3d(widths[0], 1, 1)
+        self.head = Conv3d(widths[0], 1, 1, planar=planar)
         self.batched_conditioning = bool(batched_conditioning)
         self.channels_last = bool(channels_last)
         if (
@@ -332,14 +342,14 @@ class MCUNet(nn.Module):
                 f"MRI size {(f * h, f * w)} must be divisible by 2^(depth-1) = {2 ** (self.depth - 1)}"
             )
         c = self.conditions(n, met, lam)
-        x = F.interpolate(lr.unsqueeze(-1), size=t1.shape[2:], mode="trilinear", align_corners=True)
+        x = resize_trilinear(lr.unsqueeze(-1), tuple(t1.shape[2:]), self.planar)
         fmt = torch.channels_last_3d if self.channels_last else torch.contiguous_format
         fa = self.enc_a(torch.cat([x, t1], dim=1).contiguous(memory_format=fmt), c)
         fb = self.enc_b(torch.cat([x, flair], dim=1).contiguous(memory_format=fmt), c)
         y = torch.cat([fa[-1], fb[-1]], dim=1)
         for i, lvl in enumerate(range(self.depth - 2, -1, -1)):
-            scale = (2.0, 2.0, float(self.slab_depth) if lvl == 0 else 1.0)
-            y = self.up_convs[i](F.interpolate(y, scale_factor=scale, mode="trilinear", align_corners=True))
+            size = (2 * y.shape[2], 2 * y.shape[3], y.shape[4] * (self.slab_depth if lvl == 0 else 1))
+            y = self.up_convs[i](resize_trilinear(y, size, self.planar))
             y = self.dec_blocks[i](torch.cat([fa[lvl], fb[lvl], y], dim=1), c)
         y = torch.sigmoid(self.head(y))
         y = F.avg_pool3d(y, (f, f, self.slab_depth)).squeeze(-1)
@@ -367,6 +377,8 @@ class Critic(nn.Module):
         n_blocks: strided blocks (4).
         input_shape: (fH, fW, S) of the slabs (192, 192, 3 in the paper).
         hidden: width of the first linear layer (16).
+        channels_last: keep 5-D activations and kernels in ``channels_last_3d`` order.
+        planar: the convolutions as 2D ones where exact (:mod:`medlearn.mrsi.planar`).
     """
 
     def __init__(
@@ -377,6 +389,7 @@ class Critic(nn.Module):
         input_shape: tuple[int, int, int] = (192, 192, 3),
         hidden: int = 16,
         channels_last: bool = False,
+        planar: bool = True,
     ):
         super().__init__()
         h, w, s = input_shape
@@ -388,7 +401,9 @@ class Critic(nn.Module):
             out = width * 2**i
             ks = s if i == 0 else 1
             layers += [
-                nn.Conv3d(prev, out, (4, 4, ks), stride=(2, 2, ks), padding=(1, 1, 0), bias=False),
+                Conv3d(
+                    prev, out, (4, 4, ks), stride=(2, 2, ks), padding=(1, 1, 0), bias=False, planar=planar
+                ),
                 nn.InstanceNorm3d(out),
                 nn.LeakyReLU(0.2),
             ]

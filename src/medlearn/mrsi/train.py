@@ -158,6 +158,7 @@ def build_models(cfg: MRSIConfig, grid: tuple[int, int]) -> tuple[nn.Module, nn.
         batched_conditioning=m.batched_conditioning,
         lambda_offset=m.lambda_offset,
         channels_last=m.channels_last,
+        planar=m.planar_ops,
     )
     if not cfg.adversarial.enabled:
         return gen, None
@@ -170,6 +171,7 @@ def build_models(cfg: MRSIConfig, grid: tuple[int, int]) -> tuple[nn.Module, nn.
         input_shape=(f * grid[0], f * grid[1], gen.slab_depth),
         hidden=cfg.critic.hidden,
         channels_last=m.channels_last,
+        planar=m.planar_ops,
     )
     return gen, crit
 

@@ -1,0 +1,125 @@
+"""3D operations on thin slabs, computed as the equivalent 2D operations where that is exact.
+
+The MRSI networks work on (B, C, H, W, S) tensors whose last axis S is tiny: 3 MRI slices at the
+first level and 1 after the first pooling.  oneDNN's 3D convolutions, pools and trilinear
+resampling are several times slower than their 2D versions on such shapes (on a CPU, the critic's
+first convolution takes 24 ms as ``conv3d`` and 5 ms as ``conv2d``, forward + backward), so:
+
+* a convolution whose kernel, stride and padding are 1, 1, 0 along S runs as ``conv2d`` with S
+  folded into the batch;
+* a convolution whose kernel spans all S slices (stride S, no padding: the critic's first layer)
+  runs as ``conv2d`` with S folded into the channels;
+* max pooling (k, k, 1) and trilinear resampling that leaves S alone (or replicates a single slice
+  with ``align_corners=True``) run as their 2D versions.
+
+Every other case falls back to the 3D operation.  The results equal the 3D ones up to float
+rounding (a different summation order); ``planar=False`` runs the 3D operations everywhere (the
+reference's).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["Conv3d", "conv3d", "max_pool3d", "resize_trilinear"]
+
+
+def _triple(v: int | tuple[int, ...]) -> tuple[int, int, int]:
+    return (v, v, v) if isinstance(v, int) else tuple(v)  # type: ignore[return-value]
+
+
+def _slices_to_batch(x: Tensor) -> Tensor:
+    """(B, C, H, W, S) -> (B * S, C, H, W)."""
+    b, c, h, w, s = x.shape
+    if s == 1:
+        return x[..., 0]
+    return x.permute(0, 4, 1, 2, 3).reshape(b * s, c, h, w)
+
+
+def _batch_to_slices(y: Tensor, s: int, like: Tensor) -> Tensor:
+    """(B * S, C, H, W) -> (B, C, H, W, S), in the memory format of ``like`` (a 5-D tensor).
+
+    A plain permuted view would hand later operations (and their backward passes) unusual strides;
+    oneDNN's channels-last convolution backward gave wrong weight gradients for such a slice.
+    """
+    if s == 1:
+        out = y.unsqueeze(-1)
+    else:
+        bs, c, h, w = y.shape
+        out = y.reshape(bs // s, s, c, h, w).permute(0, 2, 3, 4, 1)
+    return out.contiguous(memory_format=_format_of(like))
+
+
+def _format_of(x: Tensor) -> torch.memory_format:
+    cl = x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
+    return torch.channels_last_3d if cl else torch.contiguous_format
+
+
+def conv3d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | tuple[int, int, int] = 1,
+    padding: int | tuple[int, int, int] = 0,
+    groups: int = 1,
+    planar: bool = True,
+) -> Tensor:
+    """``F.conv3d`` over (B, C, H, W, S) with (O, C / groups, kh, kw, ks) kernels, as ``conv2d`` when exact.
+
+    Returns (B, O, H', W', S'), in ``x``'s memory format when it falls back to ``conv3d``.
+    """
+    stride, padding = _triple(stride), _triple(padding)
+    ks, s = weight.shape[-1], x.shape[-1]
+    if planar and ks == 1 and stride[2] == 1 and padding[2] == 0:
+        y = F.conv2d(_slices_to_batch(x), weight[..., 0], bias, stride[:2], padding[:2], 1, groups)
+        return _batch_to_slices(y, s, x)
+    if planar and ks == s and stride[2] == s and padding[2] == 0:
+        b, c, h, w, _ = x.shape
+        x2 = x.permute(0, 1, 4, 2, 3).reshape(b, c * s, h, w)  # channel c * S + slice: groups stay contiguous
+        o, i = weight.shape[:2]
+        w2 = weight.permute(0, 1, 4, 2, 3).reshape(o, i * s, *weight.shape[2:4])
+        return _batch_to_slices(F.conv2d(x2, w2, bias, stride[:2], padding[:2], 1, groups), 1, x)
+    return F.conv3d(x, weight, bias, stride, padding, 1, groups)
+
+
+def max_pool3d(x: Tensor, kernel: tuple[int, int, int], planar: bool = True) -> Tensor:
+    """``F.max_pool3d(x, kernel)`` (stride = kernel) over (B, C, H, W, S); 2D when the S kernel is 1."""
+    if planar and kernel[2] == 1:
+        return _batch_to_slices(F.max_pool2d(_slices_to_batch(x), kernel[:2]), x.shape[-1], x)
+    return F.max_pool3d(x, kernel)
+
+
+def resize_trilinear(x: Tensor, size: tuple[int, int, int], planar: bool = True) -> Tensor:
+    """``F.interpolate(x, size, mode="trilinear", align_corners=True)`` over (B, C, H, W, S).
+
+    Bilinear in-plane when S is kept, or when a single slice is replicated to ``size[2]`` slices
+    (with ``align_corners=True`` every output slice samples source position 0).
+    """
+    s_in, s_out = x.shape[-1], size[2]
+    if planar and (s_in == s_out or s_in == 1):
+        y = F.interpolate(_slices_to_batch(x), size=size[:2], mode="bilinear", align_corners=True)
+        y = _batch_to_slices(y, s_in, x)
+        return y if s_in == s_out else y.expand(*y.shape[:-1], s_out).contiguous(memory_format=_format_of(x))
+    return F.interpolate(x, size=size, mode="trilinear", align_corners=True)
+
+
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` (same parameters and state dict) whose forward uses :func:`conv3d`.
+
+    ``planar=False`` keeps the plain 3D convolution.
+    """
+
+    def __init__(self, *args, planar: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.planar = planar
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:  # noqa: A002
+        if (
+            self.padding_mode != "zeros"
+            or isinstance(self.padding, str)
+            or any(d != 1 for d in self.dilation)
+        ):
+            return super()._conv_forward(input, weight, bias)
+        return conv3d(input, weight, bias, self.stride, self.padding, self.groups, self.planar)

@@ -1,0 +1,90 @@
+"""The 2D forms of thin-slab 3D operations (medlearn.mrsi.planar) against PyTorch's 3D operations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medlearn.mrsi.baselines import ARCH_SWITCHES
+from medlearn.mrsi.networks import Critic, MCUNet
+from medlearn.mrsi.planar import Conv3d, conv3d, max_pool3d, resize_trilinear
+
+CASES = [  # (input shape, weight shape, stride, padding, groups)
+    ((2, 4, 10, 12, 1), (6, 4, 3, 3, 1), 1, (1, 1, 0), 1),  # kernel 1 along S, S = 1 (squeeze)
+    ((2, 4, 10, 12, 3), (6, 2, 3, 3, 1), (2, 1, 1), (1, 0, 0), 2),  # S = 3 folded into the batch, groups
+    ((2, 4, 12, 12, 3), (5, 4, 4, 4, 3), (2, 2, 3), (1, 1, 0), 1),  # kernel spans S (critic's first layer)
+    ((1, 6, 12, 12, 3), (6, 2, 4, 4, 3), (2, 2, 3), (1, 1, 0), 3),  # ... with groups
+    ((2, 4, 8, 8, 3), (6, 4, 3, 3, 3), 1, 1, 1),  # mixes slices: stays 3D
+]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("xs,ws,stride,padding,groups", CASES)
+def test_conv3d_forward_and_gradients_equal_conv3d(xs, ws, stride, padding, groups, channels_last):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(xs, generator=g, dtype=torch.float64)
+    w = torch.randn(ws, generator=g, dtype=torch.float64)
+    bias = torch.randn(ws[0], generator=g, dtype=torch.float64)
+    if channels_last:
+        x, w = (t.contiguous(memory_format=torch.channels_last_3d) for t in (x, w))
+    outs, grads = [], []
+    for planar in (True, False):
+        xi, wi, bi = (t.detach().clone().requires_grad_() for t in (x, w, bias))
+        y = conv3d(xi, wi, bi, stride, padding, groups, planar=planar)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)).sum().backward()
+        outs.append(y)
+        grads.append((xi.grad, wi.grad, bi.grad))
+    ref = F.conv3d(x, w, bias, stride, padding, 1, groups)
+    torch.testing.assert_close(outs[0], ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(outs[1], ref, rtol=0, atol=0)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "shape,kernel", [((2, 3, 8, 6, 1), (2, 2, 1)), ((2, 3, 8, 6, 3), (2, 2, 1)), ((2, 3, 8, 6, 3), (2, 2, 3))]
+)
+def test_max_pool_equals_max_pool3d(shape, kernel):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(max_pool3d(x, kernel), F.max_pool3d(x, kernel), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape,size", [((2, 3, 5, 4, 1), (10, 8, 1)), ((2, 3, 5, 4, 3), (10, 8, 3)),
+                                        ((2, 3, 5, 4, 1), (10, 8, 3)), ((2, 3, 5, 4, 2), (10, 8, 4))])  # fmt: skip
+def test_resize_equals_trilinear_align_corners(shape, size):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    ref = F.interpolate(x, size=size, mode="trilinear", align_corners=True)
+    torch.testing.assert_close(resize_trilinear(x, size), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_conv3d_module_keeps_the_state_dict_of_nn_conv3d():
+    plain = torch.nn.Conv3d(3, 4, (3, 3, 1), padding=(1, 1, 0))
+    ours = Conv3d(3, 4, (3, 3, 1), padding=(1, 1, 0))
+    ours.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 6, 6, 1)
+    torch.testing.assert_close(ours(x), plain(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCH_SWITCHES))
+def test_networks_with_planar_ops_equal_the_3d_networks(arch):
+    """Whole generators (every ablation) and the critic, forward and parameter gradients (float32 rounding)."""
+    torch.manual_seed(0)
+    kw = dict(base_width=2, depth=3, latent=4, **ARCH_SWITCHES[arch])
+    nets = [MCUNet(**kw, planar=p, channels_last=True) for p in (True, False)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    t1, fl = torch.rand(2, 1, 24, 24, 3), torch.rand(2, 1, 24, 24, 3)
+    lr = torch.rand(2, 1, 8, 8)
+    n, met, lam = torch.tensor([2, 3]), torch.tensor([0, 5]), torch.tensor([0.0, 0.7])
+    outs = []
+    for net in nets:
+        y = net(t1, fl, lr, n, met, lam)
+        y.pow(2).sum().backward()
+        outs.append((y, [p.grad for p in net.parameters()]))
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(outs[0][1], outs[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    critics = [Critic(width=2, n_blocks=3, input_shape=(24, 24, 3), planar=p) for p in (True, False)]
+    critics[1].load_state_dict(critics[0].state_dict())
+    x = torch.rand(2, 4, 24, 24, 3)
+    torch.testing.assert_close(critics[0](x), critics[1](x), rtol=1e-5, atol=1e-6)
