@@ -131,6 +131,7 @@ def evaluate_model(args: argparse.Namespace, ckpt: Path, prep: Path, out: Path, 
         enc, test, root, size, builder, max_images=args.max_pointing, sentence_stats="running"
     )
     row.update(pointing_game=pg["pointing_game"], pointing_n=pg["n"], pointing_game_running=old["pointing_game"],
+               pointing_game_coldest=pg["pointing_game_coldest"],
                hits=pg["hits"], chance_per_image=pg["chance_per_image"])  # fmt: skip
     return row
 
@@ -246,7 +247,7 @@ def main() -> None:
         return f"{v:.3f}" if isinstance(v, float) else ("-" if v is None else str(v))
 
     cols = ["model", "seed", "lp_density_bacc", "lp_density_bacc_ci95", "zs_density_bacc", "pointing_game",
-            "pointing_game_running", "chance_pointing_game", "train_s"]  # fmt: skip
+            "pointing_game_running", "pointing_game_coldest", "chance_pointing_game", "train_s"]  # fmt: skip
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
     table = "\n".join(lines)

@@ -189,3 +189,45 @@ def test_planted_finding_through_real_prepare_lands_in_its_box(tmp_path, side, v
             hot[:] = 0
             hot[r, c] = 1
             assert L.pointing_hit(hot, [b], (64, 64))
+
+
+class _StubEncoder:
+    """Patch features chosen per image: the finding cell at -e1 (image 0) or e2 (image 1)."""
+
+    def local_features(self, images, texts):
+        b = images.shape[0]
+        patches = torch.zeros(b, 64, 2)
+        patches[0, :, 0] = 1.0
+        patches[0, 1 * 8 + 1] = torch.tensor([-1.0, 0.0])  # cell (1, 1): the coldest
+        patches[1, :, 0] = 1.0
+        patches[1, 4 * 8 + 4] = torch.tensor([0.0, 1.0])
+        sentences = torch.tensor([[1.0, 0.0], [0.0, 0.0]]).expand(b, 2, 2).clone()
+        sentences[0, 1] = torch.tensor([1.0, 0.0])  # image 0: cosine +1 everywhere but the finding
+        sentences[1, 1] = torch.tensor([0.0, 1.0])  # image 1: cosine 1 at the finding, 0 elsewhere
+        return patches, sentences, torch.ones(b, 2, dtype=torch.bool)
+
+
+class _StubBuilder:
+    def build(self, row):
+        return "Findings: breast tissue. There is a mass."
+
+
+def test_evaluate_pointing_scores_hottest_and_coldest_cells_on_files(tmp_path):
+    """Through the real file path: cached images on disk, prepare's crop columns, ROI boxes in DICOM pixels."""
+    import json
+
+    import pandas as pd
+
+    rows = []
+    for i, (y0, x0) in enumerate([(8, 8), (32, 32)]):  # boxes on cell (1, 1) and cell (4, 4) of the 8 x 8 grid
+        np.save(tmp_path / f"img{i}.npy", np.full((64, 64), 0.5, np.float32))
+        rows.append({"image_id": i, "image_path": f"img{i}.npy", "roi_coords": json.dumps([[y0, x0, y0 + 8, x0 + 8]]),
+                     "crop_y0": 0, "crop_x0": 0, "crop_y1": 64, "crop_x1": 64, "orig_rows": 128, "orig_cols": 128,
+                     "scale": 1.0})  # fmt: skip
+    res = L.evaluate_pointing(_StubEncoder(), pd.DataFrame(rows), tmp_path, 64, _StubBuilder())
+    # image 0: the map is +1 everywhere but -1 on the finding: the hottest cell (0, 0) misses, the coldest hits;
+    # image 1: 1 on the finding, 0 elsewhere: the hottest hits, the coldest (0, 0) misses
+    assert res["hits"] == [False, True]
+    assert res["hits_coldest"] == [True, False]
+    assert res["pointing_game"] == 0.5 and res["pointing_game_coldest"] == 0.5
+    assert res["chance_per_image"] == [1 / 64, 1 / 64]

@@ -270,7 +270,9 @@ def evaluate_pointing(
 
     Returns:
         ``pointing_game``, ``n``, ``hits`` (per scored image), ``chance_per_image`` (the hit
-        probability of a uniformly random cell) and ``heatmaps`` (PNG path, caption).
+        probability of a uniformly random cell), ``heatmaps`` (PNG path, caption), and the
+        diagnostic ``hits_coldest`` / ``pointing_game_coldest`` (the same game played with each
+        map's coldest cell: high when a map localises with the wrong sign).
     """
     from medlearn.mama.data.dataset import needs_crop
     from medlearn.mama.data.prepare import load_image
@@ -308,6 +310,9 @@ def evaluate_pointing(
     res = pointing_game(maps, boxes, hw, mode)
     scored = [(m, b) for m, b in zip(maps, boxes) if len(b)]
     res["hits"] = [bool(pointing_hit(m, b, hw, mode)) for m, b in scored]
+    # diagnostic: the coldest cell (a map whose sign came out flipped points with its minimum)
+    res["hits_coldest"] = [bool(pointing_hit(-m, b, hw, mode)) for m, b in scored]
+    res["pointing_game_coldest"] = float(np.mean(res["hits_coldest"])) if scored else float("nan")
     res["chance_per_image"] = [chance_hit_rate(b, hw, tuple(m.shape[-2:]), mode) for m, b in scored]
     res["heatmaps"] = pngs
     return res
