@@ -11,8 +11,16 @@ DataLoader over DICOM-derived PNGs that ``prepare`` wrote to disk) with the same
 Each is evaluated on the EMBED test split (balanced subset): zero-shot and linear-probe balanced
 accuracy and AUC (``--tasks``), and the pointing game of the SLA finding-sentence heatmap
 (``pointing_game``: sentence features normalised as SLA trains them; ``pointing_game_running``:
-the sentence BatchNorms' running statistics, the heatmaps before issue 13). Chance is exact: the
-mean over test images of the fraction of grid cells that hit a box.
+the sentence BatchNorms' running statistics, the heatmaps before issue 13;
+``pointing_game_coldest``: the same game with each map's coldest cell). Chance is exact: the
+mean over test images of the fraction of grid cells that hit a box. Two diagnostics separate
+*whether* from *where* (:mod:`medlearn.mama.eval.sla_diagnostics`): ``sla_detection_auc``, how well
+the finding sentence's best-patch score ranks its own image above the images without findings
+(the finding or the rest of the report may do it); ``removal_drop_positive``, the share of images
+whose finding-sentence score drops when the finding is removed from the image (0.5: the
+sentence ignores the finding); ``locality_share_outside``, the share of the finding's effect on
+the patch features that lands outside its own cells (``locality_share_if_spread``: the value for
+an effect spread evenly).
 
 The synthetic findings are rendered with ``--conspicuity`` (mass contrast and calcification speck
 size x that factor; 1 = the realistic values) so that a reader can point at them at 64 px.
@@ -98,6 +106,7 @@ def evaluate_model(args: argparse.Namespace, ckpt: Path, prep: Path, out: Path, 
     """Zero-shot and linear probe per task, and the pointing game (both sentence normalisations)."""
     from medlearn.mama.data.report_text import ReportBuilder
     from medlearn.mama.eval.localisation import evaluate_pointing
+    from medlearn.mama.eval.sla_diagnostics import finding_detection_auc, finding_removal
 
     model, mcfg = load_pretrained(ckpt)
     engine = EngineConfig(
@@ -130,6 +139,11 @@ def evaluate_model(args: argparse.Namespace, ckpt: Path, prep: Path, out: Path, 
     old = evaluate_pointing(
         enc, test, root, size, builder, max_images=args.max_pointing, sentence_stats="running"
     )
+    det = finding_detection_auc(enc, test, root, size, builder, max_images=args.max_pointing)
+    rem = finding_removal(enc, test, root, size, builder, max_images=args.max_pointing)
+    row.update(sla_detection_auc=det["finding_detection_auc"], detection_aucs=det["aucs"],
+               removal_drop_positive=rem["drop_positive"], locality_share_outside=rem["share_outside"],
+               locality_share_if_spread=rem["share_outside_if_spread"])
     row.update(pointing_game=pg["pointing_game"], pointing_n=pg["n"], pointing_game_running=old["pointing_game"],
                pointing_game_coldest=pg["pointing_game_coldest"],
                hits=pg["hits"], chance_per_image=pg["chance_per_image"])  # fmt: skip
@@ -169,6 +183,17 @@ def summarise(rows: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
     if "mama" in hits and "clip" in hits:
         mean, ci = bootstrap(hits["mama"] - hits["clip"])
         out["mama_minus_clip"], out["mama_minus_clip_ci95"] = mean, ci
+    det = {m: np.array([by[(m, s)]["detection_aucs"] for s in seeds], float) for m in models
+           if all("detection_aucs" in by[(m, s)] for s in seeds)}  # fmt: skip
+    for m, v in det.items():
+        mean, ci = bootstrap(v)
+        out[m]["sla_detection_auc"], out[m]["sla_detection_auc_ci95"] = mean, ci
+        out[m]["sla_detection_auc_per_seed"] = [float(x.mean()) for x in v]
+        out[m]["locality_share_outside_per_seed"] = [by[(m, s)]["locality_share_outside"] for s in seeds]
+        out[m]["removal_drop_positive_per_seed"] = [by[(m, s)]["removal_drop_positive"] for s in seeds]
+    if "mama" in det and "clip" in det:
+        mean, ci = bootstrap(det["mama"] - det["clip"])
+        out["detection_mama_minus_clip"], out["detection_mama_minus_clip_ci95"] = mean, ci
     return out
 
 
@@ -232,7 +257,7 @@ def main() -> None:
             with done.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             print(
-                json.dumps({k: v for k, v in row.items() if k not in ("hits", "chance_per_image")}),
+                json.dumps({k: v for k, v in row.items() if k not in ("hits", "chance_per_image", "detection_aucs")}),
                 flush=True,
             )
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.device}"
@@ -247,7 +272,8 @@ def main() -> None:
         return f"{v:.3f}" if isinstance(v, float) else ("-" if v is None else str(v))
 
     cols = ["model", "seed", "lp_density_bacc", "lp_density_bacc_ci95", "zs_density_bacc", "pointing_game",
-            "pointing_game_running", "pointing_game_coldest", "chance_pointing_game", "train_s"]  # fmt: skip
+            "pointing_game_running", "pointing_game_coldest", "chance_pointing_game", "sla_detection_auc",
+            "removal_drop_positive", "locality_share_outside", "locality_share_if_spread", "train_s"]  # fmt: skip
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
     table = "\n".join(lines)
@@ -255,10 +281,14 @@ def main() -> None:
     print(table)
     parts = [
         f"{m}: pointing {fmt(summary[m]['pointing_game'])} {fmt(summary[m]['pointing_game_ci95'])}, "
-        f"density probe bacc {fmt(summary[m]['lp_density_bacc'])}"
+        f"density probe bacc {fmt(summary[m]['lp_density_bacc'])}, "
+        f"SLA detection AUC {fmt(summary[m].get('sla_detection_auc'))} {fmt(summary[m].get('sla_detection_auc_ci95'))}"
         for m in args.models.split(",")
     ]
-    diff = f"; MaMA - CLIP {fmt(summary.get('mama_minus_clip'))} {fmt(summary.get('mama_minus_clip_ci95'))}"
+    diff = (
+        f"; MaMA - CLIP pointing {fmt(summary.get('mama_minus_clip'))} {fmt(summary.get('mama_minus_clip_ci95'))}, "
+        f"detection AUC {fmt(summary.get('detection_mama_minus_clip'))} {fmt(summary.get('detection_mama_minus_clip_ci95'))}"
+    )
     print(
         f"summary: {'; '.join(parts)}; chance {fmt(summary['chance'])}{diff if 'mama_minus_clip' in summary else ''} "
         f"({len(seeds)} seeds, {args.steps} steps x {args.batch} images, {summary['n_images']} test images with ROIs; "

@@ -181,6 +181,13 @@ class MamaEncoder:
         return self.model.image(images.to(self.device)).pooled
 
     @torch.no_grad()
+    def patch_features(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, P, El) normalised SLA patch features (running BatchNorm statistics)."""
+        import torch.nn.functional as F
+
+        return F.normalize(self.model.heads.img_local(self.model.image(images.to(self.device)).patches), dim=-1)
+
+    @torch.no_grad()
     def local_features(
         self, images: Tensor, texts: list[str], sentence_stats: str = "report"
     ) -> tuple[Tensor, Tensor, Tensor]:

@@ -233,16 +233,39 @@ def sentence_maps(
     (see :func:`fit_context`). ``sentence_stats`` (None: the encoder's default, the training
     normalisation) is passed on.
     """
+    patches, chosen = chosen_sentence_features(encoder, images, reports, sentence_idx, sentence_stats)
+    return [similarity_map(p.cpu(), c.cpu()) for p, c in zip(patches, chosen)]
+
+
+def chosen_sentence_features(
+    encoder: Any,
+    images: Tensor,
+    reports: Sequence[str],
+    sentence_idx: Sequence[int],
+    sentence_stats: str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Patch features (B, P, E) of ``images`` and the (B, E) feature of sentence ``sentence_idx[i]``
+    of ``reports[i]``, each report encoded whole when it fits (:func:`fit_context`)."""
     fits = getattr(encoder, "fits", None)
     texts, idx = zip(*(fit_context(split_sentences(r), j, fits) for r, j in zip(reports, sentence_idx)))
     kw = {} if sentence_stats is None else {"sentence_stats": sentence_stats}
     patches, sents, mask = encoder.local_features(images, list(texts), **kw)
-    out = []
-    for i, j in enumerate(idx):
-        n = int(mask[i].sum())
-        jj = min(j, n - 1) if n > 0 else 0
-        out.append(similarity_map(patches[i].cpu(), sents[i, jj].cpu()))
-    return out
+    n = mask.sum(dim=1)
+    jj = torch.minimum(torch.as_tensor(idx, device=n.device), (n - 1).clamp_min(0))
+    return patches, sents[torch.arange(len(idx), device=sents.device), jj]
+
+
+def load_eval_input(
+    row: Mapping[str, Any], crop: bool, image_root: str | Path, transform: Callable, image_size: int
+) -> tuple[Tensor, list[Box]]:
+    """A prepared-table row's model input (``transform`` of the cached image) and its ROI boxes in
+    input pixels; ``crop``: whether the evaluation transform Otsu-crops this image."""
+    from medlearn.mama.data.prepare import load_image
+    from medlearn.mama.data.transforms import foreground_box
+
+    cached = load_image(Path(image_root) / str(row["image_path"]))
+    boxes = roi_boxes_to_input(row, cached.shape, foreground_box(cached) if crop else None, image_size)
+    return transform(cached), boxes
 
 
 @torch.no_grad()
@@ -275,8 +298,7 @@ def evaluate_pointing(
         map's coldest cell: high when a map localises with the wrong sign).
     """
     from medlearn.mama.data.dataset import needs_crop
-    from medlearn.mama.data.prepare import load_image
-    from medlearn.mama.data.transforms import EvalTransform, foreground_box
+    from medlearn.mama.data.transforms import EvalTransform
 
     crop = np.ones(len(table), bool) if recrop else needs_crop(table)
     rows = [
@@ -291,9 +313,9 @@ def evaluate_pointing(
         chunk = rows[start : start + batch_size]
         imgs, reports, idx, bxs = [], [], [], []
         for r, c in chunk:
-            cached = load_image(Path(image_root) / str(r["image_path"]))
-            imgs.append(tfs[c](cached))
-            bxs.append(roi_boxes_to_input(r, cached.shape, foreground_box(cached) if c else None, image_size))
+            img, b = load_eval_input(r, c, image_root, tfs[c], image_size)
+            imgs.append(img)
+            bxs.append(b)
             rep = builder.build(r)
             reports.append(rep)
             idx.append(pick_sentence(split_sentences(rep)))

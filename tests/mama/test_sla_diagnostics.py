@@ -1,0 +1,109 @@
+"""SLA diagnostics (finding detection AUC, patch locality) on files, with stub encoders of known answers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from medlearn.mama.eval import sla_diagnostics as D
+
+GRID, SIZE = 8, 64
+
+
+def _table(tmp_path, n_pos=3, n_neg=4):
+    """n_pos images with a bright 8 x 8 square on cell (2, 3), n_neg plain ones, as prepared rows on disk."""
+    rows = []
+    for i in range(n_pos + n_neg):
+        img = np.full((SIZE, SIZE), 0.3, np.float32)
+        roi = ""
+        if i < n_pos:
+            img[16:24, 24:32] = 1.0
+            roi = json.dumps([[16, 24, 24, 32]])
+        np.save(tmp_path / f"i{i}.npy", img)
+        rows.append({"image_id": i, "image_path": f"i{i}.npy", "roi_coords": roi, "crop_y0": 0, "crop_x0": 0,
+                     "crop_y1": SIZE, "crop_x1": SIZE, "orig_rows": 128, "orig_cols": 128, "scale": 1.0})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+class _CellMeans:
+    """Patch feature of cell k = (mean intensity of the cell, 1) normalised: perfectly local (``spread=False``),
+    or every cell carries the image's mean intensity (``spread=True``: the finding's information is everywhere)."""
+
+    def __init__(self, spread: bool, sentence=(1.0, 0.0)):
+        self.spread, self.sentence = spread, torch.tensor(sentence)
+
+    def patch_features(self, images):
+        cells = (
+            images[:, 0]
+            .reshape(-1, GRID, SIZE // GRID, GRID, SIZE // GRID)
+            .mean(dim=(2, 4))
+            .reshape(-1, GRID * GRID)
+        )
+        if self.spread:
+            cells = cells.mean(dim=1, keepdim=True).expand_as(cells)
+        return torch.nn.functional.normalize(torch.stack([cells, torch.ones_like(cells)], -1), dim=-1)
+
+    def local_features(self, images, texts):
+        b = images.shape[0]
+        return (
+            self.patch_features(images),
+            self.sentence.expand(b, 1, 2).clone(),
+            torch.ones(b, 1, dtype=torch.bool),
+        )
+
+
+class _Builder:
+    def build(self, row):
+        return "There is a mass."
+
+
+def test_rank_auc_equals_sklearn():
+    rng = np.random.default_rng(0)
+    neg = np.round(rng.normal(size=30), 1)  # ties included
+    for pos in (-0.3, 0.0, 0.4, 2.5):
+        want = roc_auc_score([1] + [0] * neg.size, np.r_[pos, neg])
+        assert D.rank_auc(pos, neg) == pytest.approx(want, abs=1e-12)
+
+
+def test_detection_auc_is_one_when_the_sentence_matches_bright_patches(tmp_path):
+    table = _table(tmp_path)
+    res = D.finding_detection_auc(_CellMeans(spread=False), table, tmp_path, SIZE, _Builder())
+    assert res["n"] == 3 and res["n_negatives"] == 4
+    assert res["aucs"] == [1.0, 1.0, 1.0]  # a bright cell beats every plain image's best cell
+    # the opposite sentence prefers dark patches: images with a finding never score higher
+    res = D.finding_detection_auc(
+        _CellMeans(spread=False, sentence=(-1.0, 0.0)), table, tmp_path, SIZE, _Builder()
+    )
+    assert res["finding_detection_auc"] == 0.5  # every image's darkest cell is the plain 0.3: all ties
+
+
+def test_removal_of_local_and_spread_findings(tmp_path):
+    table = _table(tmp_path)
+    local = D.finding_removal(_CellMeans(spread=False), table, tmp_path, SIZE, _Builder())
+    assert local["n"] == 3
+    assert local["drop_positive"] == 1.0  # the sentence's best patch was the bright finding
+    assert local["share_outside"] == pytest.approx(0.0, abs=1e-6)
+    # the box covers cell (2, 3) only: 63 of 64 cells are outside
+    assert local["share_outside_if_spread"] == pytest.approx(63 / 64)
+    spread = D.finding_removal(_CellMeans(spread=True), table, tmp_path, SIZE, _Builder())
+    assert spread["share_outside"] == pytest.approx(63 / 64, abs=1e-6)  # the same change in every cell
+    assert spread["ratio"] == pytest.approx(1.0, abs=1e-5)
+    assert spread["drop_positive"] == 1.0  # the image mean falls with the finding: every cell's score drops
+    dark = D.finding_removal(
+        _CellMeans(spread=False, sentence=(-1.0, 0.0)), table, tmp_path, SIZE, _Builder()
+    )
+    assert dark["drop_positive"] == 0.0 and dark["score_drop"] == pytest.approx(
+        0.0, abs=1e-6
+    )  # best cell untouched
+
+
+def test_remove_findings_fills_the_box_with_the_surrounding_background():
+    img = torch.full((1, 16, 16), 0.25)
+    img[0, 5:9, 6:10] = 1.0
+    out = D.remove_findings(img, [(5.0, 6.0, 9.0, 10.0)])
+    assert torch.equal(out, torch.full((1, 16, 16), 0.25))
