@@ -105,7 +105,12 @@ def head_metrics(res: dict[str, Any]) -> dict[str, Any]:
 def evaluate_model(args: argparse.Namespace, ckpt: Path, prep: Path, out: Path, seed: int) -> dict[str, Any]:
     """Zero-shot and linear probe per task, and the pointing game (both sentence normalisations)."""
     from medlearn.mama.data.report_text import ReportBuilder
-    from medlearn.mama.eval.localisation import evaluate_pointing
+    from medlearn.mama.eval.localisation import (
+        evaluate_pointing,
+        location_prior,
+        pointing_hit,
+        table_roi_boxes,
+    )
     from medlearn.mama.eval.sla_diagnostics import finding_detection_auc, finding_removal
 
     model, mcfg = load_pretrained(ckpt)
@@ -139,11 +144,20 @@ def evaluate_model(args: argparse.Namespace, ckpt: Path, prep: Path, out: Path, 
     old = evaluate_pointing(
         enc, test, root, size, builder, max_images=args.max_pointing, sentence_stats="running"
     )
+    train_rows = load_split_tables(EvalConfig(mode="zero-shot", task="birads", data=str(prep)))[0]
+    prior = location_prior(table_roi_boxes(train_rows, root, size), pg["grid"], (size, size))
+    test_boxes = [b for b in table_roi_boxes(test, root, size)[: args.max_pointing] if len(b)]
+    row["prior_hits"] = [bool(pointing_hit(prior, b, (size, size))) for b in test_boxes]
+    row["prior_pointing_game"] = float(np.mean(row["prior_hits"])) if test_boxes else float("nan")
     det = finding_detection_auc(enc, test, root, size, builder, max_images=args.max_pointing)
     rem = finding_removal(enc, test, root, size, builder, max_images=args.max_pointing)
-    row.update(sla_detection_auc=det["finding_detection_auc"], detection_aucs=det["aucs"],
-               removal_drop_positive=rem["drop_positive"], locality_share_outside=rem["share_outside"],
-               locality_share_if_spread=rem["share_outside_if_spread"])
+    row.update(
+        sla_detection_auc=det["finding_detection_auc"],
+        detection_aucs=det["aucs"],
+        removal_drop_positive=rem["drop_positive"],
+        locality_share_outside=rem["share_outside"],
+        locality_share_if_spread=rem["share_outside_if_spread"],
+    )
     row.update(pointing_game=pg["pointing_game"], pointing_n=pg["n"], pointing_game_running=old["pointing_game"],
                pointing_game_coldest=pg["pointing_game_coldest"],
                hits=pg["hits"], chance_per_image=pg["chance_per_image"])  # fmt: skip
@@ -180,6 +194,12 @@ def summarise(rows: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
                   "lp_density_bacc_ci95_per_seed": [by[(m, s)].get("lp_density_bacc_ci95") for s in seeds]}  # fmt: skip
         mean, ci = bootstrap(hits[m] - chance[None])
         out[m]["minus_chance"], out[m]["minus_chance_ci95"] = mean, ci
+    if all("prior_hits" in r for r in rows):
+        prior = np.array(rows[0]["prior_hits"], float)
+        out["prior_pointing_game"] = float(prior.mean())
+        for m in models:
+            mean, ci = bootstrap(hits[m] - prior[None])
+            out[m]["minus_prior"], out[m]["minus_prior_ci95"] = mean, ci
     if "mama" in hits and "clip" in hits:
         mean, ci = bootstrap(hits["mama"] - hits["clip"])
         out["mama_minus_clip"], out["mama_minus_clip_ci95"] = mean, ci
@@ -257,7 +277,13 @@ def main() -> None:
             with done.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             print(
-                json.dumps({k: v for k, v in row.items() if k not in ("hits", "chance_per_image", "detection_aucs")}),
+                json.dumps(
+                    {
+                        k: v
+                        for k, v in row.items()
+                        if k not in ("hits", "chance_per_image", "detection_aucs", "prior_hits")
+                    }
+                ),
                 flush=True,
             )
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.device}"
@@ -272,7 +298,7 @@ def main() -> None:
         return f"{v:.3f}" if isinstance(v, float) else ("-" if v is None else str(v))
 
     cols = ["model", "seed", "lp_density_bacc", "lp_density_bacc_ci95", "zs_density_bacc", "pointing_game",
-            "pointing_game_running", "pointing_game_coldest", "chance_pointing_game", "sla_detection_auc",
+            "pointing_game_running", "pointing_game_coldest", "chance_pointing_game", "prior_pointing_game", "sla_detection_auc",
             "removal_drop_positive", "locality_share_outside", "locality_share_if_spread", "train_s"]  # fmt: skip
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
@@ -290,7 +316,7 @@ def main() -> None:
         f"detection AUC {fmt(summary.get('detection_mama_minus_clip'))} {fmt(summary.get('detection_mama_minus_clip_ci95'))}"
     )
     print(
-        f"summary: {'; '.join(parts)}; chance {fmt(summary['chance'])}{diff if 'mama_minus_clip' in summary else ''} "
+        f"summary: {'; '.join(parts)}; chance {fmt(summary['chance'])}, location prior {fmt(summary.get('prior_pointing_game'))}{diff if 'mama_minus_clip' in summary else ''} "
         f"({len(seeds)} seeds, {args.steps} steps x {args.batch} images, {summary['n_images']} test images with ROIs; "
         f"{machine}; total {result['total_s']} s)"
     )

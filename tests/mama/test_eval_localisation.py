@@ -231,3 +231,16 @@ def test_evaluate_pointing_scores_hottest_and_coldest_cells_on_files(tmp_path):
     assert res["hits_coldest"] == [True, False]
     assert res["pointing_game"] == 0.5 and res["pointing_game_coldest"] == 0.5
     assert res["chance_per_image"] == [1 / 64, 1 / 64]
+
+
+def test_location_prior_counts_hit_cells_and_points_at_the_usual_place():
+    size, grid = (64, 64), (8, 8)
+    train = [[(16.0, 24.0, 24.0, 32.0)], [(16.0, 24.0, 24.0, 40.0)], [(40.0, 40.0, 48.0, 48.0)], []]
+    prior = L.location_prior(train, grid, size)
+    want = np.zeros(grid)
+    want[2, 3] = 2  # boxes 1 and 2 cover cell (2, 3); box 2 also (2, 4); box 3 cell (5, 5)
+    want[2, 4] = 1
+    want[5, 5] = 1
+    np.testing.assert_array_equal(prior, want)
+    assert L.pointing_hit(prior, [(20.0, 26.0, 22.0, 28.0)], size)  # a test finding in the usual place
+    assert not L.pointing_hit(prior, [(40.0, 40.0, 48.0, 48.0)], size)

@@ -121,6 +121,41 @@ def chance_hit_rate(
     return hits / (gh * gw)
 
 
+def location_prior(
+    boxes: Sequence[Sequence[Box]], grid: tuple[int, int], image_hw: tuple[int, int], mode: str = "overlap"
+) -> np.ndarray:
+    """(gh, gw) map: for each cell, the number of images (e.g. the training split's) in which that
+    cell would be a pointing-game hit. Its hottest cell is where findings usually are, without
+    looking at an image: the baseline a map must beat to show that it sees the findings."""
+    gh, gw = grid
+    out = np.zeros(grid)
+    for b in boxes:
+        if not len(b):
+            continue
+        for r in range(gh):
+            for c in range(gw):
+                one = np.zeros(grid)
+                one[r, c] = 1.0
+                out[r, c] += pointing_hit(one, b, image_hw, mode)
+    return out
+
+
+def table_roi_boxes(table: Any, image_root: str | Path, image_size: int, recrop: bool = False) -> list[list[Box]]:
+    """ROI boxes in input pixels (S x S) of every row with ROIs, through the evaluation geometry."""
+    from medlearn.mama.data.dataset import needs_crop
+    from medlearn.mama.data.prepare import load_image
+    from medlearn.mama.data.transforms import foreground_box
+
+    crop = np.ones(len(table), bool) if recrop else needs_crop(table)
+    out = []
+    for r, c in zip(table.to_dict(orient="records"), crop):
+        if str(r.get("roi_coords", "") or "").strip() in ("", "[]"):
+            continue
+        cached = load_image(Path(image_root) / str(r["image_path"]))
+        out.append(roi_boxes_to_input(r, cached.shape, foreground_box(cached) if c else None, image_size))
+    return out
+
+
 def roi_boxes_to_input(
     row: Mapping[str, Any], cached_hw: tuple[int, int], otsu_box: tuple[int, int, int, int] | None, size: int
 ) -> list[Box]:
@@ -295,7 +330,7 @@ def evaluate_pointing(
         ``pointing_game``, ``n``, ``hits`` (per scored image), ``chance_per_image`` (the hit
         probability of a uniformly random cell), ``heatmaps`` (PNG path, caption), and the
         diagnostic ``hits_coldest`` / ``pointing_game_coldest`` (the same game played with each
-        map's coldest cell: high when a map localises with the wrong sign).
+        map's coldest cell: high when a map localises with the wrong sign); ``grid`` (gh, gw).
     """
     from medlearn.mama.data.dataset import needs_crop
     from medlearn.mama.data.transforms import EvalTransform
@@ -332,6 +367,7 @@ def evaluate_pointing(
     res = pointing_game(maps, boxes, hw, mode)
     scored = [(m, b) for m, b in zip(maps, boxes) if len(b)]
     res["hits"] = [bool(pointing_hit(m, b, hw, mode)) for m, b in scored]
+    res["grid"] = tuple(int(v) for v in maps[0].shape[-2:]) if maps else None
     # diagnostic: the coldest cell (a map whose sign came out flipped points with its minimum)
     res["hits_coldest"] = [bool(pointing_hit(-m, b, hw, mode)) for m, b in scored]
     res["pointing_game_coldest"] = float(np.mean(res["hits_coldest"])) if scored else float("nan")
