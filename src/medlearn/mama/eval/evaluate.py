@@ -185,7 +185,9 @@ class MamaEncoder:
         """(B, 3, H, W) -> (B, P, El) normalised SLA patch features (running BatchNorm statistics)."""
         import torch.nn.functional as F
 
-        return F.normalize(self.model.heads.img_local(self.model.image(images.to(self.device)).patches), dim=-1)
+        return F.normalize(
+            self.model.heads.img_local(self.model.image(images.to(self.device)).patches), dim=-1
+        )
 
     @torch.no_grad()
     def local_features(

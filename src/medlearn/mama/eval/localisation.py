@@ -107,18 +107,25 @@ def pointing_game(
     return {"pointing_game": float(np.mean(hits)) if hits else math.nan, "n": len(hits)}
 
 
+def hit_cells(
+    boxes: Sequence[Box], grid: tuple[int, int], image_hw: tuple[int, int], mode: str = "overlap"
+) -> np.ndarray:
+    """(gh, gw) bool: the cells that would be pointing-game hits for ``boxes`` (see :func:`pointing_hit`)."""
+    gh, gw = grid
+    out = np.zeros(grid, bool)
+    for r in range(gh):
+        for c in range(gw):
+            one = np.zeros(grid)
+            one[r, c] = 1.0
+            out[r, c] = pointing_hit(one, boxes, image_hw, mode)
+    return out
+
+
 def chance_hit_rate(
     boxes: Sequence[Box], image_hw: tuple[int, int], grid: tuple[int, int], mode: str = "overlap"
 ) -> float:
     """Probability that a uniformly random cell of a (gh, gw) grid is a hit (the pointing game's chance)."""
-    gh, gw = grid
-    hits = 0
-    for r in range(gh):
-        for c in range(gw):
-            one = np.zeros((gh, gw))
-            one[r, c] = 1.0
-            hits += pointing_hit(one, boxes, image_hw, mode)
-    return hits / (gh * gw)
+    return float(hit_cells(boxes, grid, image_hw, mode).mean())
 
 
 def location_prior(
@@ -127,20 +134,16 @@ def location_prior(
     """(gh, gw) map: for each cell, the number of images (e.g. the training split's) in which that
     cell would be a pointing-game hit. Its hottest cell is where findings usually are, without
     looking at an image: the baseline a map must beat to show that it sees the findings."""
-    gh, gw = grid
     out = np.zeros(grid)
     for b in boxes:
-        if not len(b):
-            continue
-        for r in range(gh):
-            for c in range(gw):
-                one = np.zeros(grid)
-                one[r, c] = 1.0
-                out[r, c] += pointing_hit(one, b, image_hw, mode)
+        if len(b):
+            out += hit_cells(b, grid, image_hw, mode)
     return out
 
 
-def table_roi_boxes(table: Any, image_root: str | Path, image_size: int, recrop: bool = False) -> list[list[Box]]:
+def table_roi_boxes(
+    table: Any, image_root: str | Path, image_size: int, recrop: bool = False
+) -> list[list[Box]]:
     """ROI boxes in input pixels (S x S) of every row with ROIs, through the evaluation geometry."""
     from medlearn.mama.data.dataset import needs_crop
     from medlearn.mama.data.prepare import load_image

@@ -30,6 +30,7 @@ from torch import Tensor
 from medlearn.mama.eval.localisation import (
     Box,
     chosen_sentence_features,
+    hit_cells,
     load_eval_input,
     pick_sentence,
     split_sentences,
@@ -124,19 +125,6 @@ def remove_findings(image: Tensor, boxes: list[Box], ring: int = 3) -> Tensor:
     return out
 
 
-def cells_covered(boxes: list[Box], grid: tuple[int, int], image_hw: tuple[int, int]) -> np.ndarray:
-    """(gh, gw) bool: grid cells that overlap any box (the pointing game's ``overlap`` rule)."""
-    gh, gw = grid
-    ch, cw = image_hw[0] / gh, image_hw[1] / gw
-    out = np.zeros(grid, bool)
-    for y0, x0, y1, x1 in boxes:
-        for r in range(gh):
-            for c in range(gw):
-                if r * ch < y1 and y0 < (r + 1) * ch and c * cw < x1 and x0 < (c + 1) * cw:
-                    out[r, c] = True
-    return out
-
-
 @torch.no_grad()
 def finding_removal(
     encoder: Any,
@@ -174,7 +162,7 @@ def finding_removal(
         drops.append(float((with_f @ s).max() - (without @ s).max()))
         change = (with_f - without).norm(dim=-1).numpy()  # (P,)
         g = int(round(change.size**0.5))
-        inside = cells_covered(boxes, (g, g), (image_size, image_size)).reshape(-1)
+        inside = hit_cells(boxes, (g, g), (image_size, image_size)).reshape(-1)
         if inside.all() or not inside.any():
             continue
         shares.append(float(change[~inside].sum() / max(change.sum(), 1e-12)))
