@@ -41,8 +41,8 @@ def _slices_to_batch(x: Tensor) -> Tensor:
 def _batch_to_slices(y: Tensor, s: int, like: Tensor) -> Tensor:
     """(B * S, C, H, W) -> (B, C, H, W, S), in the memory format of ``like`` (a 5-D tensor).
 
-    A plain permuted view would hand later operations (and their backward passes) unusual strides;
-    oneDNN's channels-last convolution backward gave wrong weight gradients for such a slice.
+    A copy, not a permuted view: later operations (and their backward passes) get the standard
+    strides of that memory format.
     """
     if s == 1:
         out = y.unsqueeze(-1)
