@@ -16,7 +16,8 @@ the sentence BatchNorms' running statistics, the heatmaps before issue 13;
 mean over test images of the fraction of grid cells that hit a box. Two diagnostics separate
 *whether* from *where* (:mod:`medlearn.mama.eval.sla_diagnostics`): ``sla_detection_auc``, how well
 the finding sentence's best-patch score ranks its own image above the images without findings
-(the finding or the rest of the report may do it); ``removal_drop_positive``, the share of images
+(the finding or the rest of the report may do it; ``sla_detection_auc_density_matched``: only
+against images of the same density); ``removal_drop_positive``, the share of images
 whose finding-sentence score drops when the finding is removed from the image (0.5: the
 sentence ignores the finding); ``locality_share_outside``, the share of the finding's effect on
 the patch features that lands outside its own cells (``locality_share_if_spread``: the value for
@@ -150,10 +151,15 @@ def evaluate_model(args: argparse.Namespace, ckpt: Path, prep: Path, out: Path, 
     row["prior_hits"] = [bool(pointing_hit(prior, b, (size, size))) for b in test_boxes]
     row["prior_pointing_game"] = float(np.mean(row["prior_hits"])) if test_boxes else float("nan")
     det = finding_detection_auc(enc, test, root, size, builder, max_images=args.max_pointing)
+    # the same against images of the image's own density only: then just the finding separates them
+    det_m = finding_detection_auc(
+        enc, test, root, size, builder, max_images=args.max_pointing, match=("density",)
+    )
     rem = finding_removal(enc, test, root, size, builder, max_images=args.max_pointing)
     row.update(
         sla_detection_auc=det["finding_detection_auc"],
         detection_aucs=det["aucs"],
+        sla_detection_auc_density_matched=det_m["finding_detection_auc"],
         removal_drop_positive=rem["drop_positive"],
         locality_share_outside=rem["share_outside"],
         locality_share_if_spread=rem["share_outside_if_spread"],
@@ -209,6 +215,9 @@ def summarise(rows: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
         mean, ci = bootstrap(v)
         out[m]["sla_detection_auc"], out[m]["sla_detection_auc_ci95"] = mean, ci
         out[m]["sla_detection_auc_per_seed"] = [float(x.mean()) for x in v]
+        out[m]["sla_detection_auc_density_matched_per_seed"] = [
+            by[(m, s)].get("sla_detection_auc_density_matched") for s in seeds
+        ]
         out[m]["locality_share_outside_per_seed"] = [by[(m, s)]["locality_share_outside"] for s in seeds]
         out[m]["removal_drop_positive_per_seed"] = [by[(m, s)]["removal_drop_positive"] for s in seeds]
     if "mama" in det and "clip" in det:
@@ -299,6 +308,7 @@ def main() -> None:
 
     cols = ["model", "seed", "lp_density_bacc", "lp_density_bacc_ci95", "zs_density_bacc", "pointing_game",
             "pointing_game_running", "pointing_game_coldest", "chance_pointing_game", "prior_pointing_game", "sla_detection_auc",
+            "sla_detection_auc_density_matched",
             "removal_drop_positive", "locality_share_outside", "locality_share_if_spread", "train_s"]  # fmt: skip
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]

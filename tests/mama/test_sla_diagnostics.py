@@ -107,3 +107,34 @@ def test_remove_findings_fills_the_box_with_the_surrounding_background():
     img[0, 5:9, 6:10] = 1.0
     out = D.remove_findings(img, [(5.0, 6.0, 9.0, 10.0)])
     assert torch.equal(out, torch.full((1, 16, 16), 0.25))
+
+
+def test_detection_auc_with_matched_negatives_sees_only_the_finding(tmp_path):
+    """A sentence that scores the image's overall brightness tells images apart by density, not by finding:
+    against negatives of another density its AUC is 1, against negatives of the same density 0.5 (ties)."""
+    table = _table(tmp_path, n_pos=2, n_neg=4)
+    table["density"] = [1, 1, 1, 1, 2, 2]  # negatives 2, 3 share the positives' density; 4, 5 do not
+    for i in (4, 5):  # the other density is darker overall
+        np.save(tmp_path / f"i{i}.npy", np.full((SIZE, SIZE), 0.1, np.float32))
+    enc = _CellMeans(spread=True)  # every cell carries the image's mean: the finding moves it only a little
+    free = D.finding_detection_auc(enc, table, tmp_path, SIZE, _Builder())
+    matched = D.finding_detection_auc(enc, table, tmp_path, SIZE, _Builder(), match=("density",))
+    assert free["aucs"] == [1.0, 1.0]  # brighter than every negative (the finding adds to the mean)
+    assert matched["aucs"] == [1.0, 1.0]  # ... and than the same-density plain images
+    blind = _CellMeans(spread=True)
+    blind.patch_features = (
+        lambda images: torch.nn.functional.normalize(  # sees the image mean without the box
+            torch.stack(
+                [images[:, 0, :16].mean(dim=(1, 2))[:, None].expand(-1, 64), torch.ones(images.shape[0], 64)],
+                -1,
+            ),
+            dim=-1,
+        )
+    )
+    assert D.finding_detection_auc(blind, table, tmp_path, SIZE, _Builder())["aucs"] == [0.75, 0.75]
+    assert D.finding_detection_auc(blind, table, tmp_path, SIZE, _Builder(), match=("density",))["aucs"] == [
+        0.5,
+        0.5,
+    ]
+    with pytest.raises(ValueError, match="tissueden"):
+        D.finding_detection_auc(enc, table, tmp_path, SIZE, _Builder(), match=("tissueden",))

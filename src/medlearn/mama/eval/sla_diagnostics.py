@@ -67,17 +67,23 @@ def finding_detection_auc(
     max_negatives: int = 400,
     batch_size: int = 8,
     recrop: bool = False,
+    match: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Per image with ROIs: AUC of its finding sentence's best-patch score on its own image against
     the same sentence on the images without ROIs.
 
     ``encoder``: ``patch_features(images)`` -> (B, P, E) and ``local_features`` (see
     :func:`~medlearn.mama.eval.localisation.chosen_sentence_features`). The sentence is the one the
-    pointing game uses (:func:`~medlearn.mama.eval.localisation.pick_sentence`).
+    pointing game uses (:func:`~medlearn.mama.eval.localisation.pick_sentence`). ``match``: table
+    columns (e.g. ``("density",)``) whose values a negative must share with the image, so that
+    only the finding separates them; an image without such negatives is skipped.
 
     Returns:
         ``finding_detection_auc`` (mean over images), ``aucs`` (per image), ``n``, ``n_negatives``.
     """
+    missing = [c for c in match if c not in table.columns]
+    if missing:
+        raise ValueError(f"finding_detection_auc: match columns {missing} are not in the table")
     rows, tfs = _inputs(table, recrop, image_size)
     pos = [rc for rc in rows if _has_roi(rc[0])][:max_images]
     neg = [rc for rc in rows if not _has_roi(rc[0])][:max_negatives]
@@ -101,9 +107,12 @@ def finding_detection_auc(
         patches, sents = patches.float().cpu(), sents.float().cpu()
         own = torch.einsum("bpe,be->bp", patches, sents).max(dim=1).values  # (b,)
         other = torch.einsum("npe,be->bnp", negatives, sents).max(dim=2).values  # (b, Nn)
-        aucs += [rank_auc(float(o), n.numpy()) for o, n in zip(own, other)]
+        for (row, _), o, n in zip(chunk, own, other):
+            keep = [all(str(nr.get(c)) == str(row.get(c)) for c in match) for nr, _ in neg]
+            if any(keep):
+                aucs.append(rank_auc(float(o), n.numpy()[np.array(keep)]))
     return {
-        "finding_detection_auc": float(np.mean(aucs)),
+        "finding_detection_auc": float(np.mean(aucs)) if aucs else float("nan"),
         "aucs": aucs,
         "n": len(aucs),
         "n_negatives": len(neg),
