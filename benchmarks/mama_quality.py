@@ -64,11 +64,12 @@ def make_data(args: argparse.Namespace, out: Path) -> Path:
     from medlearn.mama.data.prepare import PrepareConfig, prepare_dataset
     from medlearn.mama.data.synth import SynthConfig, generate
 
-    base = out / f"data_p{args.patients}_c{args.conspicuity:g}"
+    density = getattr(args, "density", None)
+    base = out / (f"data_p{args.patients}_c{args.conspicuity:g}" + (f"_d{density}" if density else ""))
     synth, prep = base / "synth", base / "prepared"
     if not (synth / "synth_summary.json").is_file():
         cfg = SynthConfig(n_patients=args.patients, n_rsna_patients=1, long_side=args.long_side,
-                          workers=args.workers, conspicuity=args.conspicuity)  # fmt: skip
+                          workers=args.workers, conspicuity=args.conspicuity, density=density)  # fmt: skip
         generate(synth, cfg)
     if not (prep / "table.csv").is_file():
         prepare_dataset(
@@ -235,6 +236,10 @@ def main() -> None:
     ap.add_argument(
         "--conspicuity", type=float, default=5.0, help="finding visibility factor of the synthetic data"
     )
+    ap.add_argument(
+        "--density", type=int, default=None, choices=(1, 2, 3, 4),
+        help="give every synthetic patient this density (then density cannot tell reports apart; use --tasks birads)",
+    )  # fmt: skip
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--steps", type=int, default=200, help="optimizer steps per model (the budget)")
     ap.add_argument(

@@ -201,3 +201,18 @@ def test_bad_config(tmp_path):
         generate(tmp_path, SynthConfig(n_patients=0))
     with pytest.raises(ConfigError, match="long_side"):
         generate(tmp_path, SynthConfig(n_patients=1, long_side=8))
+
+
+def test_fixed_density_keeps_every_other_draw(tmp_path):
+    """``density=3`` gives every patient density 3 and leaves the findings (and everything else drawn) as they were."""
+    from medlearn.errors import ConfigError
+
+    free, fixed = tmp_path / "free", tmp_path / "fixed"
+    generate(free, SynthConfig(n_patients=3, n_rsna_patients=1, seed=5, long_side=64))
+    generate(fixed, SynthConfig(n_patients=3, n_rsna_patients=1, seed=5, long_side=64, density=3))
+    a = pd.read_csv(free / "embed" / "EMBED_OpenData_clinical.csv", dtype=str)
+    b = pd.read_csv(fixed / "embed" / "EMBED_OpenData_clinical.csv", dtype=str)
+    assert set(b["tissueden"]) == {"3"}
+    pd.testing.assert_frame_equal(a.drop(columns="tissueden"), b.drop(columns="tissueden"))
+    with pytest.raises(ConfigError, match="density"):
+        generate(tmp_path / "bad", SynthConfig(n_patients=1, density=5))

@@ -105,6 +105,7 @@ class SynthConfig:
     conspicuity: float = (
         1.0  # findings' visibility (synth_image.render_view); > 1 for low-resolution benchmarks
     )
+    density: int | None = None  # every EMBED patient's BI-RADS density (1-4); None: the population mix
 
 
 def _choice(rng: np.random.Generator, options: tuple) -> str:
@@ -261,13 +262,14 @@ def _views_for_exam(
     return views
 
 
-def _embed_patient(args: tuple[int, int, int, Path, float]) -> tuple[list[dict], list[dict]]:
-    seed, index, long_side, root, conspicuity = args
+def _embed_patient(args: tuple[int, int, int, Path, float, int | None]) -> tuple[list[dict], list[dict]]:
+    seed, index, long_side, root, conspicuity, fixed_density = args
     rng = np.random.default_rng([seed, 1, index])
     empi = str(10_000_000 + index)
     age0 = float(rng.integers(40, 80))
     race, eth = _choice(rng, RACES), _choice(rng, ETHNICITIES)
-    dens = int(rng.choice(4, p=DENSITY_P)) + 1
+    dens = int(rng.choice(4, p=DENSITY_P)) + 1  # drawn either way: the other draws stay the same
+    dens = dens if fixed_density is None else int(fixed_density)
     manu = MANUFACTURERS[int(rng.integers(len(MANUFACTURERS)))]
     depth_mm, height_mm = rng.uniform(90, 160), rng.uniform(150, 230)
     shape, spacing = _image_shape(long_side)
@@ -497,6 +499,8 @@ def generate(out: str | Path, cfg: SynthConfig) -> dict[str, Any]:
         raise ConfigError(f"synth long_side must be >= 32 pixels, got {cfg.long_side}")
     if not cfg.conspicuity > 0:
         raise ConfigError(f"synth conspicuity must be > 0, got {cfg.conspicuity}")
+    if cfg.density is not None and cfg.density not in (1, 2, 3, 4):
+        raise ConfigError(f"synth density must be 1, 2, 3 or 4 (BI-RADS a-d), got {cfg.density}")
     out = Path(out)
     embed, rsna = out / "embed", out / "rsna"
     embed.mkdir(parents=True, exist_ok=True)
@@ -504,7 +508,7 @@ def generate(out: str | Path, cfg: SynthConfig) -> dict[str, Any]:
     n_rsna = cfg.n_rsna_patients if cfg.n_rsna_patients is not None else max(cfg.n_patients // 2, 1)
     res = _run(
         _embed_patient,
-        [(cfg.seed, i, cfg.long_side, embed, cfg.conspicuity) for i in range(cfg.n_patients)],
+        [(cfg.seed, i, cfg.long_side, embed, cfg.conspicuity, cfg.density) for i in range(cfg.n_patients)],
         cfg.workers,
         "synth EMBED",
     )
