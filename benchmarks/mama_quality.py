@@ -137,7 +137,7 @@ def evaluate_model(args: argparse.Namespace, ckpt: Path, prep: Path, out: Path, 
             m["auc"],
             m["bacc_ci95"],
         )
-    _, test, root = load_split_tables(EvalConfig(mode="zero-shot", task="birads", data=str(prep)))
+    train_rows, test, root = load_split_tables(EvalConfig(mode="zero-shot", task="birads", data=str(prep)))
     size = int(mcfg.model.image.image_size)
     enc, builder = MamaEncoder(model), ReportBuilder(test.attrs.get("legend"))
     pg = evaluate_pointing(
@@ -146,7 +146,6 @@ def evaluate_model(args: argparse.Namespace, ckpt: Path, prep: Path, out: Path, 
     old = evaluate_pointing(
         enc, test, root, size, builder, max_images=args.max_pointing, sentence_stats="running"
     )
-    train_rows = load_split_tables(EvalConfig(mode="zero-shot", task="birads", data=str(prep)))[0]
     prior = location_prior(table_roi_boxes(train_rows, root, size), pg["grid"], (size, size))
     test_boxes = [b for b in table_roi_boxes(test, root, size)[: args.max_pointing] if len(b)]
     row["prior_hits"] = [bool(pointing_hit(prior, b, (size, size))) for b in test_boxes]

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from medlearn.mrsi.planar import conv3d
+from medlearn.mrsi.planar import conv3d, memory_format_of
 
 __all__ = [
     "AdaptiveModulationNorm",
@@ -54,16 +54,13 @@ def batched_conv3d(x: Tensor, weight: Tensor, padding: tuple[int, int, int], pla
         (B, O, D', H', W').  With a per-sample kernel the batch is folded into the channel axis and
         run as one grouped convolution (``groups=B``), so a mixed batch costs one launch.
     """
-    cl = x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
+    fmt = memory_format_of(x)
     if weight.dim() == 5:
-        if cl:
-            weight = weight.contiguous(memory_format=torch.channels_last_3d)
-        return conv3d(x, weight, padding=padding, planar=planar)
+        return conv3d(x, weight.contiguous(memory_format=fmt), padding=padding, planar=planar)
     b, i = x.shape[:2]
     o = weight.shape[1]
     if weight.shape[0] != b or weight.shape[2] != i:
         raise ValueError(f"batched_conv3d: weight {tuple(weight.shape)} does not fit input {tuple(x.shape)}")
-    fmt = torch.channels_last_3d if cl else torch.contiguous_format
     if b == 1:
         return conv3d(x, weight[0].contiguous(memory_format=fmt), padding=padding, planar=planar)
     out = conv3d(

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Conv3d", "conv3d", "max_pool3d", "resize_trilinear"]
+__all__ = ["Conv3d", "conv3d", "max_pool3d", "memory_format_of", "resize_trilinear"]
 
 
 def _triple(v: int | tuple[int, ...]) -> tuple[int, int, int]:
@@ -49,10 +49,11 @@ def _batch_to_slices(y: Tensor, s: int, like: Tensor) -> Tensor:
     else:
         bs, c, h, w = y.shape
         out = y.reshape(bs // s, s, c, h, w).permute(0, 2, 3, 4, 1)
-    return out.contiguous(memory_format=_format_of(like))
+    return out.contiguous(memory_format=memory_format_of(like))
 
 
-def _format_of(x: Tensor) -> torch.memory_format:
+def memory_format_of(x: Tensor) -> torch.memory_format:
+    """``channels_last_3d`` for a 5-D tensor stored channels-last (and not also plain contiguous), else contiguous."""
     cl = x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
     return torch.channels_last_3d if cl else torch.contiguous_format
 
@@ -101,7 +102,7 @@ def resize_trilinear(x: Tensor, size: tuple[int, int, int], planar: bool = True)
     if planar and (s_in == s_out or s_in == 1):
         y = F.interpolate(_slices_to_batch(x), size=size[:2], mode="bilinear", align_corners=True)
         y = _batch_to_slices(y, s_in, x)
-        return y if s_in == s_out else y.expand(*y.shape[:-1], s_out).contiguous(memory_format=_format_of(x))
+        return y if s_in == s_out else y.expand(*y.shape[:-1], s_out).contiguous(memory_format=memory_format_of(x))
     return F.interpolate(x, size=size, mode="trilinear", align_corners=True)
 
 

@@ -141,21 +141,39 @@ def location_prior(
     return out
 
 
+def has_roi(row: Mapping[str, Any]) -> bool:
+    """Whether a prepared-table row has ROI boxes (a non-empty ``roi_coords``)."""
+    return str(row.get("roi_coords", "") or "").strip() not in ("", "[]")
+
+
+def eval_rows(table: Any, recrop: bool = False) -> list[tuple[dict, bool]]:
+    """(row, Otsu-crop it?) for every row of a prepared table: images ``prepare`` already cropped
+    are not cropped again (as the dataset does; ``recrop=True`` crops every image)."""
+    from medlearn.mama.data.dataset import needs_crop
+
+    crop = np.ones(len(table), bool) if recrop else needs_crop(table)
+    return [(r, bool(c)) for r, c in zip(table.to_dict(orient="records"), crop)]
+
+
+def eval_transforms(image_size: int) -> dict[bool, Callable]:
+    """The evaluation transform with and without the Otsu crop, keyed by the crop flag."""
+    from medlearn.mama.data.transforms import EvalTransform
+
+    return {c: EvalTransform(image_size, crop=c) for c in (True, False)}
+
+
 def table_roi_boxes(
     table: Any, image_root: str | Path, image_size: int, recrop: bool = False
 ) -> list[list[Box]]:
     """ROI boxes in input pixels (S x S) of every row with ROIs, through the evaluation geometry."""
-    from medlearn.mama.data.dataset import needs_crop
     from medlearn.mama.data.prepare import load_image
     from medlearn.mama.data.transforms import foreground_box
 
-    crop = np.ones(len(table), bool) if recrop else needs_crop(table)
     out = []
-    for r, c in zip(table.to_dict(orient="records"), crop):
-        if str(r.get("roi_coords", "") or "").strip() in ("", "[]"):
-            continue
-        cached = load_image(Path(image_root) / str(r["image_path"]))
-        out.append(roi_boxes_to_input(r, cached.shape, foreground_box(cached) if c else None, image_size))
+    for r, c in eval_rows(table, recrop):
+        if has_roi(r):
+            cached = load_image(Path(image_root) / str(r["image_path"]))
+            out.append(roi_boxes_to_input(r, cached.shape, foreground_box(cached) if c else None, image_size))
     return out
 
 
@@ -335,17 +353,8 @@ def evaluate_pointing(
         diagnostic ``hits_coldest`` / ``pointing_game_coldest`` (the same game played with each
         map's coldest cell: high when a map localises with the wrong sign); ``grid`` (gh, gw).
     """
-    from medlearn.mama.data.dataset import needs_crop
-    from medlearn.mama.data.transforms import EvalTransform
-
-    crop = np.ones(len(table), bool) if recrop else needs_crop(table)
-    rows = [
-        (r, bool(c))
-        for r, c in zip(table.to_dict(orient="records"), crop)
-        if str(r.get("roi_coords", "") or "").strip() not in ("", "[]")
-    ]
-    rows = rows[:max_images]
-    tfs = {c: EvalTransform(image_size, crop=c) for c in (True, False)}
+    rows = [(r, c) for r, c in eval_rows(table, recrop) if has_roi(r)][:max_images]
+    tfs = eval_transforms(image_size)
     maps, boxes, pngs = [], [], []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]

@@ -30,24 +30,14 @@ from torch import Tensor
 from medlearn.mama.eval.localisation import (
     Box,
     chosen_sentence_features,
+    eval_rows,
+    eval_transforms,
+    has_roi,
     hit_cells,
     load_eval_input,
     pick_sentence,
     split_sentences,
 )
-
-
-def _has_roi(row: dict) -> bool:
-    return str(row.get("roi_coords", "") or "").strip() not in ("", "[]")
-
-
-def _inputs(table: Any, recrop: bool, image_size: int):
-    from medlearn.mama.data.dataset import needs_crop
-    from medlearn.mama.data.transforms import EvalTransform
-
-    crop = np.ones(len(table), bool) if recrop else needs_crop(table)
-    tfs = {c: EvalTransform(image_size, crop=c) for c in (True, False)}
-    return list(zip(table.to_dict(orient="records"), (bool(c) for c in crop))), tfs
 
 
 def rank_auc(positive: float, negatives: np.ndarray) -> float:
@@ -84,9 +74,9 @@ def finding_detection_auc(
     missing = [c for c in match if c not in table.columns]
     if missing:
         raise ValueError(f"finding_detection_auc: match columns {missing} are not in the table")
-    rows, tfs = _inputs(table, recrop, image_size)
-    pos = [rc for rc in rows if _has_roi(rc[0])][:max_images]
-    neg = [rc for rc in rows if not _has_roi(rc[0])][:max_negatives]
+    rows, tfs = eval_rows(table, recrop), eval_transforms(image_size)
+    pos = [rc for rc in rows if has_roi(rc[0])][:max_images]
+    neg = [rc for rc in rows if not has_roi(rc[0])][:max_negatives]
     if not pos or not neg:
         return {"finding_detection_auc": float("nan"), "aucs": [], "n": len(pos), "n_negatives": len(neg)}
     neg_patches = []
@@ -157,9 +147,9 @@ def finding_removal(
         share of cells outside: an evenly spread change), ``ratio`` (median of mean change at the
         finding's cells / mean change elsewhere), per-image lists, ``n``.
     """
-    rows, tfs = _inputs(table, recrop, image_size)
+    rows, tfs = eval_rows(table, recrop), eval_transforms(image_size)
     drops, shares, spread, ratios = [], [], [], []
-    for r, c in [rc for rc in rows if _has_roi(rc[0])][:max_images]:
+    for r, c in [rc for rc in rows if has_roi(rc[0])][:max_images]:
         img, boxes = load_eval_input(r, c, image_root, tfs[c], image_size)
         report = builder.build(r)
         patches, sent = chosen_sentence_features(
