@@ -200,3 +200,35 @@ def test_sigterm_stops_with_a_checkpoint_and_status_143(tmp_path, monkeypatch):
     assert (out / "checkpoints" / "LATEST").read_text() == "step_00000003"
     state = torch.load(out / "checkpoints" / "step_00000003" / "state.pt", weights_only=False)
     assert state["step"] == 3
+
+
+# ------------------------------------------------------------------------ engine.cpu_conv
+def _conv_kernels() -> set[str]:
+    """Names of the aten ops one 2D convolution forward + backward dispatches to (torch profiler)."""
+    conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        conv(x).sum().backward()
+    return {e.key for e in prof.key_averages()}
+
+
+@pytest.mark.parametrize("choice,kernel,other", [("native", "aten::_slow_conv2d_forward", "aten::mkldnn_convolution"),
+                                                 ("onednn", "aten::mkldnn_convolution", "aten::_slow_conv2d_forward")])  # fmt: skip
+def test_cpu_conv_picks_the_convolution_kernels_for_the_run_only(tmp_path, choice, kernel, other):
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch build has no oneDNN")
+    cfg = toy_config(tmp_path / "run", 2)
+    cfg.engine.cpu_conv = choice
+    before = torch.backends.mkldnn.enabled
+    with prepare_run(cfg, tmp_path / "run", cfg.engine):
+        inside = _conv_kernels()
+    assert kernel in inside and other not in inside
+    assert torch.backends.mkldnn.enabled == before  # restored when the run ends
+    with pytest.raises(RuntimeError), prepare_run(cfg, tmp_path / "run2", cfg.engine):
+        raise RuntimeError("a failing run restores it too")
+    assert torch.backends.mkldnn.enabled == before
+
+
+def test_cpu_conv_rejects_an_unknown_backend():
+    with pytest.raises(ConfigError, match="engine.cpu_conv='mkl' is not one of onednn, native"):
+        EngineConfig(cpu_conv="mkl")

@@ -227,3 +227,39 @@ def test_encoder_tokenizer_without_separator_is_refused():
 
     with pytest.raises(ConfigError, match="sep_token"):
         ReportTokenizer(NoSep(), "encoder", 16)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("arch", [GPT2, BERT])
+def test_sentence_context_sentence_equals_each_sentence_encoded_alone(arch, attn):
+    """``sentence_context: sentence``: a sentence feature is the separator state of the model run on
+    that sentence's tokens alone (at their positions in the report); the pooled feature is unchanged."""
+    common = dict(name="random", arch=arch, max_length=64, lora_dropout=0.0, gradient_checkpointing=False,
+                  attn_implementation=attn)  # fmt: skip
+    report_tower = TextTower(TextTowerConfig(**common)).eval()
+    tower = TextTower(TextTowerConfig(**common, sentence_context="sentence")).eval()
+    tower.load_state_dict(report_tower.state_dict())
+    enc = tower.tokenizer(REPORTS)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    with torch.no_grad():
+        feats, ref = tower(ids, mask), report_tower(ids, mask)
+        torch.testing.assert_close(feats.pooled, ref.pooled)
+        assert torch.equal(feats.sentence_mask, ref.sentence_mask)
+        for b in range(len(REPORTS)):
+            seps = [i for i in range(ids.shape[1]) if mask[b, i] and ids[b, i] == tower.tokenizer.sep_id]
+            start = 0
+            for k, pos in enumerate(seps):
+                alone = tower.lm(
+                    input_ids=ids[b : b + 1, start : pos + 1],
+                    position_ids=torch.arange(start, pos + 1)[None],
+                ).last_hidden_state[0, -1]
+                torch.testing.assert_close(feats.sentences[b, k], alone, atol=1e-5, rtol=1e-5)
+                if k > 0:  # the report context did change every later sentence's feature
+                    assert not torch.allclose(ref.sentences[b, k], alone, atol=1e-3)
+                start = pos + 1
+
+
+def test_sentence_context_rejects_flash_attention():
+    cfg = TextTowerConfig(name="random", arch=GPT2, sentence_context="sentence", attn_implementation="flash_attention_2")
+    with pytest.raises(ConfigError, match="sentence_context=sentence"):
+        TextTower(cfg)

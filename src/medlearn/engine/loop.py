@@ -78,6 +78,7 @@ class Run:
     created: bool = False
     started: bool = False
     device_info: str | None = None
+    _onednn_before: bool = field(default=True, repr=False)
     _logger: MetricLogger | None = field(default=None, repr=False)
 
     @property
@@ -123,9 +124,13 @@ class Run:
             self._logger.close()
 
     def __enter__(self) -> Run:
+        # engine.cpu_conv: torch's convolution backend switch is process-wide; set for this run only
+        self._onednn_before = torch.backends.mkldnn.enabled
+        torch.backends.mkldnn.enabled = self.engine.cpu_conv == "onednn"
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        torch.backends.mkldnn.enabled = self._onednn_before
         if exc_type is not None:
             self.discard()
         self.close()

@@ -8,6 +8,7 @@ from typing import Literal, get_args
 Precision = Literal["fp32", "bf16", "fp16", "no"]
 Device = Literal["auto", "cpu", "cuda"]
 OnExistingRun = Literal["resume", "move_aside"]
+CpuConv = Literal["onednn", "native"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)[:3]
 DEVICES: tuple[str, ...] = get_args(Device)
@@ -39,6 +40,12 @@ class EngineConfig:
         num_workers: data-loader worker processes.
         num_threads: torch intra-op CPU threads for this process; 0 keeps torch's default. On a
             shared or small CPU machine 1 avoids oversubscription (often many times faster).
+        cpu_conv: convolution kernels on a CPU while a training command runs (process-wide,
+            restored when it ends): ``onednn`` (PyTorch's default) or ``native`` (PyTorch's own
+            im2col + GEMM kernels, ``torch.backends.mkldnn.enabled = False``). Measured on a
+            2-core CPU at one thread: ``native`` is faster for tiny feature maps and batches (the
+            ITL tiny preset, which sets it) and much slower for larger ones and for 3D
+            convolutions (ITL demo, MRSI). GPUs are not affected.
         on_existing_run: what a training command does when ``train.out`` already holds a run with
             checkpoints: ``resume`` (default) continues it when the configs differ only in keys that
             are safe to change (:data:`medlearn.engine.run_guard.SAFE_ON_RESUME`) and refuses
@@ -60,6 +67,7 @@ class EngineConfig:
     compile_mode: CompileMode = "default"
     num_workers: int = 0
     num_threads: int = 0
+    cpu_conv: CpuConv = "onednn"
     on_existing_run: OnExistingRun = "resume"
 
     def __post_init__(self) -> None:
@@ -79,5 +87,7 @@ class EngineConfig:
             raise ConfigError(
                 f"engine.on_existing_run='{self.on_existing_run}' is not one of resume, move_aside"
             )
+        if self.cpu_conv not in get_args(CpuConv):
+            raise ConfigError(f"engine.cpu_conv='{self.cpu_conv}' is not one of onednn, native")
         if self.num_threads < 0:
             raise ConfigError(f"engine.num_threads must be >= 0 (0 = torch default), got {self.num_threads}")

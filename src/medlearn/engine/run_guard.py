@@ -40,7 +40,7 @@ __all__ = ["SAFE_ON_RESUME", "RunCheck", "check_run_folder", "config_changes", "
 SAFE_ON_RESUME: tuple[str, ...] = (
     "train.out", "train.epochs", "train.max_steps", "train.val_every", "train.resume", "train.eval_batch",
     "engine.log_every", "engine.ckpt_every", "engine.keep_last", "engine.progress", "engine.tensorboard",
-    "engine.num_workers", "engine.num_threads", "engine.device", "engine.compile", "engine.on_existing_run",
+    "engine.num_workers", "engine.num_threads", "engine.device", "engine.compile", "engine.on_existing_run", "engine.cpu_conv",
     "data.root", "data.cache_dir", "data.prepared_dir", "data.num_workers",
     "eval.*",
 )  # fmt: skip

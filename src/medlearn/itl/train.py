@@ -73,10 +73,10 @@ def _phase_data(cfg: ITLConfig, strategy: Strategy, data: MultiSiteData, k: int)
 
 
 def memory_format(cfg: ITLConfig, device: torch.device) -> torch.memory_format:
-    """``train.memory_format`` resolved for ``device`` (``auto``: channels_last on CUDA only)."""
+    """``train.memory_format`` resolved for ``device`` (``auto``: channels_last, on CPUs and GPUs)."""
     mf = cfg.train.memory_format
     if mf == "auto":
-        mf = "channels_last" if device.type == "cuda" else "contiguous"
+        mf = "channels_last"
     return torch.channels_last if mf == "channels_last" else torch.contiguous_format
 
 

@@ -79,6 +79,14 @@ class TextTowerConfig:
             behaviour).
         attn_implementation: attention kernel of the language model: ``sdpa``, ``eager`` or
             ``flash_attention_2`` (needs the flash-attn package and a GPU).
+        sentence_context: what a sentence feature may attend to. ``report`` (the reference): the
+            separator's hidden state in the pass over the whole report, so every sentence feature
+            also carries the rest of the report (all of it for encoders, the sentences before it
+            for causal models). ``sentence``: a second pass in which every token attends only to
+            the tokens of its own sentence (block-diagonal mask, causal within the sentence for
+            causal models), so a sentence feature describes that sentence alone. The pooled
+            report feature always comes from the whole-report pass. ``sentence`` costs one more
+            text-tower forward per step and needs ``attn_implementation`` sdpa or eager.
     """
 
     name: str = "minilm"
@@ -100,6 +108,7 @@ class TextTowerConfig:
     padding: Literal["max_length", "longest"] = "max_length"
     max_sentences: int = 16
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    sentence_context: Literal["report", "sentence"] = "report"
 
 
 @dataclass

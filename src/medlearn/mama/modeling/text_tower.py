@@ -7,7 +7,9 @@ token, and each report is wrapped in ``bos_token`` ... ``eos_token`` (the refere
 ``<|startoftext|>`` ... ``<|endoftext|>``); encoders (BERT family) use their own ``[SEP]`` and
 ``[CLS]``.  The global text feature is the mean of the last hidden states (masked over padding by
 default; ``pooling: all_tokens`` is the reference's unmasked mean over ``max_length`` positions),
-the sentence features are the hidden states at the separator positions.
+the sentence features are the hidden states at the separator positions: of the pass over the whole
+report (``sentence_context: report``, the reference), or of a second pass in which each token sees
+only its own sentence (``sentence_context: sentence``).
 
 Gradient checkpointing is non-reentrant and the input embeddings are marked to require gradients,
 so LoRA adapters inside checkpointed layers do receive gradients although the base is frozen (the
@@ -197,6 +199,36 @@ def sentence_states(hidden: Tensor, is_sep: Tensor, max_sentences: int = 0) -> t
     return out[:, :s], mask[:, :s]
 
 
+def sentence_attention_mask(is_sep: Tensor, attention_mask: Tensor, causal: bool, additive_dtype=None) -> Tensor:
+    """Block-diagonal attention mask that keeps every token inside its own sentence.
+
+    A sentence runs up to and including its separator; tokens after the last separator form one
+    more block.  Padding keys are excluded; every query may at least see itself (no empty rows).
+
+    Args:
+        is_sep: (B, L) bool, True at separator tokens.
+        attention_mask: (B, L) 1 for real tokens, 0 for padding.
+        causal: also forbid attending to later positions.
+        additive_dtype: ``None`` = a bool mask (True = may attend, for SDPA); a float dtype = an
+            additive mask (0 or the dtype's minimum, for eager attention).
+    Returns:
+        (B, 1, L, L) mask, query positions along dim 2 and key positions along dim 3.
+    """
+    sep = is_sep.long()
+    block = sep.cumsum(dim=1) - sep  # (B, L): a separator closes the block it belongs to
+    allowed = (block[:, :, None] == block[:, None, :]) & attention_mask.bool()[:, None, :]
+    n = is_sep.shape[1]
+    eye = torch.eye(n, dtype=torch.bool, device=is_sep.device)
+    if causal:
+        allowed = allowed & torch.ones(n, n, dtype=torch.bool, device=is_sep.device).tril()
+    allowed = (allowed | eye)[:, None]
+    if additive_dtype is None:
+        return allowed
+    return torch.zeros(allowed.shape, dtype=additive_dtype, device=is_sep.device).masked_fill(
+        ~allowed, torch.finfo(additive_dtype).min
+    )
+
+
 def masked_mean(hidden: Tensor, mask: Tensor) -> Tensor:
     """(B, L, D), (B, L) -> (B, D) mean over positions where ``mask`` is 1."""
     m = mask.to(hidden.dtype).unsqueeze(-1)
@@ -261,6 +293,11 @@ class TextTower(nn.Module):
         super().__init__()
         self.cfg = cfg
         hf_tok = load_tokenizer(cfg)
+        if cfg.sentence_context == "sentence" and cfg.attn_implementation == "flash_attention_2":
+            raise ConfigError(
+                "model.text.sentence_context=sentence needs a custom attention mask, which "
+                "flash_attention_2 does not take; use model.text.attn_implementation=sdpa"
+            )
         if cfg.name == "random":
             model_type = str(cfg.arch.get("model_type", ""))
         else:
@@ -324,5 +361,9 @@ class TextTower(nn.Module):
         else:  # reference: mean over every position, padding included
             pooled = hidden.mean(dim=1)
         is_sep = (input_ids == self.tokenizer.sep_id) & attention_mask.bool()
+        if self.cfg.sentence_context == "sentence":
+            additive = hidden.dtype if self.cfg.attn_implementation == "eager" else None
+            blocks = sentence_attention_mask(is_sep, attention_mask, self.kind == "causal", additive)
+            hidden = self.lm(input_ids=input_ids, attention_mask=blocks).last_hidden_state
         sentences, smask = sentence_states(hidden, is_sep, self.cfg.max_sentences)
         return TextFeatures(pooled=pooled, sentences=sentences, sentence_mask=smask)
