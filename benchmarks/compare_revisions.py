@@ -50,7 +50,7 @@ def _preset(tree: Path, task: str, name: str = "demo") -> Path:
 
 
 def _new_keys(tree: Path) -> bool:
-    """Revisions of this round spell the run folder ``train.out`` in every task."""
+    """Revisions after the config-key renames spell the run folder ``train.out`` in every task."""
     return "RENAMED" in (tree / "src" / "medlearn" / "config.py").read_text()
 
 
