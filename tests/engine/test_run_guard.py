@@ -15,7 +15,7 @@ import yaml
 
 from medlearn.config import load_config, save_config
 from medlearn.engine import EngineConfig
-from medlearn.engine.loop import exit_status, prepare_run
+from medlearn.engine.loop import LoopSpec, exit_status, fit, prepare_run
 from medlearn.engine.run_guard import SAFE_ON_RESUME, check_run_folder, config_changes, is_safe
 from medlearn.errors import ConfigError, DataError
 from tests.engine import toy_loop
@@ -226,6 +226,26 @@ def test_cpu_conv_picks_the_convolution_kernels_for_the_run_only(tmp_path, choic
     assert torch.backends.mkldnn.enabled == before  # restored when the run ends
     with pytest.raises(RuntimeError), prepare_run(cfg, tmp_path / "run2", cfg.engine):
         raise RuntimeError("a failing run restores it too")
+    assert torch.backends.mkldnn.enabled == before
+
+
+def test_fit_applies_cpu_conv_without_the_context_manager(tmp_path, monkeypatch):
+    """A task that calls ``fit`` on a bare ``prepare_run`` (no ``with``) trains with the chosen kernels too."""
+    seen = []
+    step = toy_loop.ToyHooks.train_step
+
+    def recording_step(self, batch, i):
+        seen.append(torch.backends.mkldnn.enabled)
+        return step(self, batch, i)
+
+    monkeypatch.setattr(toy_loop.ToyHooks, "train_step", recording_step)
+    cfg = toy_config(tmp_path / "run", 3)
+    cfg.engine.cpu_conv = "native"
+    before = torch.backends.mkldnn.enabled
+    run = prepare_run(cfg, cfg.train.out, cfg.engine)
+    fit(run, toy_loop.ToyHooks(cfg, run, 0), LoopSpec(run.out / "checkpoints", max_steps=3))
+    run.close()
+    assert seen == [False, False, False]
     assert torch.backends.mkldnn.enabled == before
 
 

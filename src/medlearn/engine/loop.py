@@ -31,6 +31,7 @@ import math
 import shutil
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -78,7 +79,7 @@ class Run:
     created: bool = False
     started: bool = False
     device_info: str | None = None
-    _onednn_before: bool = field(default=True, repr=False)
+    _kernels: Any = field(default=None, repr=False)
     _logger: MetricLogger | None = field(default=None, repr=False)
 
     @property
@@ -125,12 +126,14 @@ class Run:
 
     def __enter__(self) -> Run:
         # engine.cpu_conv: torch's convolution backend switch is process-wide; set for this run only
-        self._onednn_before = torch.backends.mkldnn.enabled
-        torch.backends.mkldnn.enabled = self.engine.cpu_conv == "onednn"
+        self._kernels = cpu_conv_kernels(self.engine)
+        self._kernels.__enter__()
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        torch.backends.mkldnn.enabled = self._onednn_before
+        if self._kernels is not None:
+            self._kernels.__exit__(exc_type, exc, tb)
+            self._kernels = None
         if exc_type is not None:
             self.discard()
         self.close()
@@ -156,6 +159,18 @@ class Run:
             return None
         log.info("resuming from %s", found[0])
         return found[1]["extra"]
+
+
+@contextmanager
+def cpu_conv_kernels(engine: EngineConfig) -> Iterator[None]:
+    """``engine.cpu_conv`` for the block: oneDNN (``onednn``) or PyTorch's native CPU convolution
+    kernels (``native``); torch's process-wide switch is restored afterwards, also after an error."""
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = engine.cpu_conv == "onednn"
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
 
 
 def prepare_run(cfg: Any, out: str | Path, engine: EngineConfig, find_unused_parameters: bool = False) -> Run:
@@ -365,7 +380,15 @@ def _lr(hooks: TrainHooks) -> float | None:
 
 
 def fit(run: Run, hooks: TrainHooks, spec: LoopSpec) -> LoopResult:
-    """Train ``hooks`` as ``spec`` says; resumable, signal-safe, with validation and best checkpoint."""
+    """Train ``hooks`` as ``spec`` says; resumable, signal-safe, with validation and best checkpoint.
+
+    The CPU convolution kernels of ``engine.cpu_conv`` are in force while it runs (and for the whole
+    command when the run is used as a context manager)."""
+    with cpu_conv_kernels(run.engine):
+        return _fit(run, hooks, spec)
+
+
+def _fit(run: Run, hooks: TrainHooks, spec: LoopSpec) -> LoopResult:
     acc, engine = run.accelerator, run.engine
     per_epoch = len(hooks.data)
     if per_epoch < engine.grad_accum_steps:
