@@ -171,5 +171,13 @@ def test_mama_loss_gating_and_weights():
         + 3.0 * sum(sla_loss(out["patches"], out["sentences"], out["sentence_mask"], out["local_scale"]))
     )
     assert late["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+    # text->image only (the reference's symmetric_local=False): the i2t term (numpy above) drops out
+    one_way = mama_loss(out, LossConfig(w_clip=1.0, w_nt_xent=0.5, w_clip_extra=2.0, w_sla=3.0, sla_symmetric=False), late=True)
+    assert "sla_i2t" not in one_way
+    ref_t2i, ref_i2t = _loop_sla(*(t.detach().numpy() for t in (out["patches"], out["sentences"], out["sentence_mask"])))
+    scale = float(out["local_scale"])
+    idx = list(range(5))
+    i2t_term = _np_ce_rows(scale * ref_i2t, idx) + _np_ce_rows(scale * ref_i2t.T, idx)
+    assert late["loss"].item() - one_way["loss"].item() == pytest.approx(3.0 * i2t_term, rel=1e-5)
     only_clip = mama_loss(out, LossConfig(nt_xent=False, clip_extra=False, sla=False), late=True)
     assert set(only_clip) == {"clip", "loss"}

@@ -162,6 +162,10 @@ class LossConfig:
         sla_chunk: images per chunk of the SLA similarity tensor (bounds its memory).
         dedup_reports: identical reports in a batch share the target probability (soft targets);
             ``false`` = the reference's one-hot targets (default).
+        sla_symmetric: SLA in both directions (default, the reference's ``symmetric_local`` as the
+            paper trains it): text->image (each sentence's best patch, averaged over sentences)
+            plus image->text (each patch's best sentence, averaged over patches); ``false`` keeps
+            text->image only.
     """
 
     clip: bool = True
@@ -179,6 +183,7 @@ class LossConfig:
     gather: Literal["auto", "on", "off"] = "auto"
     sla_chunk: int = 8
     dedup_reports: bool = False
+    sla_symmetric: bool = True
 
 
 @dataclass

@@ -215,7 +215,10 @@ def mama_loss(
             cfg.sla_chunk,
             sla_targets,
         )
-        terms["sla_t2i"], terms["sla_i2t"] = lt, li
-        total = total + cfg.w_sla * (lt + li)
+        terms["sla_t2i"] = lt
+        total = total + cfg.w_sla * lt
+        if cfg.sla_symmetric:
+            terms["sla_i2t"] = li
+            total = total + cfg.w_sla * li
     terms["loss"] = total
     return terms
