@@ -116,6 +116,8 @@ def test_sla_loss_matches_numpy_ce():
     exp_i = _np_ce_rows(3 * ref_i2t, idx) + _np_ce_rows(3 * ref_i2t.T, idx)
     assert lt.item() == pytest.approx(exp_t, rel=1e-8)
     assert li.item() == pytest.approx(exp_i, rel=1e-8)
+    one_way, none = sla_loss(patches, sents, mask, scale, chunk=3, symmetric=False)
+    assert none is None and one_way.item() == pytest.approx(exp_t, rel=1e-8)
 
 
 def test_sla_chunked_equals_unchunked_values_and_gradients():

@@ -114,8 +114,8 @@ def nt_xent_loss(
 
 
 def sla_scores(
-    patches: Tensor, sentences: Tensor, sentence_mask: Tensor, chunk: int = 8
-) -> tuple[Tensor, Tensor]:
+    patches: Tensor, sentences: Tensor, sentence_mask: Tensor, chunk: int = 8, symmetric: bool = True
+) -> tuple[Tensor, Tensor | None]:
     """Symmetric local alignment scores between every image and every report.
 
     Args:
@@ -123,6 +123,7 @@ def sla_scores(
         sentences: (Nt, S, E) L2-normalised sentence features.
         sentence_mask: (Nt, S) bool, True for real sentences.
         chunk: images per chunk of the (chunk, Nt, P, S) similarity tensor.
+        symmetric: also compute i2t (else it is None and not computed).
     Returns:
         t2i (Ni, Nt): for each sentence the best patch, averaged over the report's sentences;
         i2t (Ni, Nt): for each patch the best sentence, averaged over the patches (0 for a report
@@ -137,9 +138,11 @@ def sla_scores(
         sim = torch.einsum("ipe,tse->itps", patches[start : start + chunk], sentences)  # (c, Nt, P, S)
         best_patch = sim.max(dim=2).values  # (c, Nt, S)
         t2i.append((best_patch * valid).sum(dim=-1) / n_sent)
+        if not symmetric:
+            continue
         best_sent = sim.masked_fill(~sentence_mask[None, :, None, :], neg).max(dim=3).values  # (c, Nt, P)
         i2t.append(torch.where(has_sent, best_sent.mean(dim=-1), torch.zeros_like(best_sent[..., 0])))
-    return torch.cat(t2i), torch.cat(i2t)
+    return torch.cat(t2i), torch.cat(i2t) if symmetric else None
 
 
 def sla_loss(
@@ -149,11 +152,15 @@ def sla_loss(
     scale: Tensor,
     chunk: int = 8,
     targets: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """(text->image, image->text) SLA losses, each CE both ways over scale * score (N x N, local batch)."""
-    t2i, i2t = sla_scores(patches, sentences, sentence_mask, chunk)
+    symmetric: bool = True,
+) -> tuple[Tensor, Tensor | None]:
+    """(text->image, image->text) SLA losses, each CE both ways over scale * score (N x N, local
+    batch); image->text is None (and not computed) when ``symmetric`` is false."""
+    t2i, i2t = sla_scores(patches, sentences, sentence_mask, chunk, symmetric)
     tgt = contrastive_targets(t2i.shape[0], 0, t2i.device) if targets is None else targets
     lt = _ce(scale * t2i, tgt) + _ce(scale * t2i.T, tgt)
+    if i2t is None:
+        return lt, None
     li = _ce(scale * i2t, tgt) + _ce(scale * i2t.T, tgt)
     return lt, li
 
@@ -214,10 +221,11 @@ def mama_loss(
             out["local_scale"],
             cfg.sla_chunk,
             sla_targets,
+            cfg.sla_symmetric,
         )
         terms["sla_t2i"] = lt
         total = total + cfg.w_sla * lt
-        if cfg.sla_symmetric:
+        if li is not None:
             terms["sla_i2t"] = li
             total = total + cfg.w_sla * li
     terms["loss"] = total
