@@ -21,7 +21,10 @@ against images of the same density); ``removal_drop_positive``, the share of ima
 whose finding-sentence score drops when the finding is removed from the image (0.5: the
 sentence ignores the finding); ``locality_share_outside``, the share of the finding's effect on
 the patch features that lands outside its own cells (``locality_share_if_spread``: the value for
-an effect spread evenly).
+an effect spread evenly). A supervised linear probe asks whether the finding's place is in the
+patch features at all (:func:`~medlearn.mama.eval.sla_diagnostics.patch_probe_pointing`, trained
+on the training split's ROI cells): ``probe_pointing_tower`` (the image tower's patch tokens),
+``probe_pointing_sla`` (the SLA-projected patch features), ``probe_pointing_pixels`` (raw pixels).
 
 The synthetic findings are rendered with ``--conspicuity`` (mass contrast and calcification speck
 size x that factor; 1 = the realistic values) so that a reader can point at them at 64 px.
@@ -113,7 +116,12 @@ def evaluate_model(args: argparse.Namespace, ckpt: Path, prep: Path, out: Path, 
         pointing_hit,
         table_roi_boxes,
     )
-    from medlearn.mama.eval.sla_diagnostics import finding_detection_auc, finding_removal
+    from medlearn.mama.eval.sla_diagnostics import (
+        finding_detection_auc,
+        finding_removal,
+        patch_probe_pointing,
+        pixel_patches,
+    )
 
     model, mcfg = load_pretrained(ckpt)
     engine = EngineConfig(
@@ -156,6 +164,16 @@ def evaluate_model(args: argparse.Namespace, ckpt: Path, prep: Path, out: Path, 
         enc, test, root, size, builder, max_images=args.max_pointing, match=("density",)
     )
     rem = finding_removal(enc, test, root, size, builder, max_images=args.max_pointing)
+    # is the finding's place linearly readable from the patch features at all? (a supervised probe)
+    probes = {
+        "tower": enc.patch_tokens,
+        "sla": enc.patch_features,
+        "pixels": lambda im: pixel_patches(im, pg["grid"][0]),
+    }
+    for name, feats in probes.items():
+        pr = patch_probe_pointing(feats, train_rows, test, root, size, max_test=args.max_pointing)
+        row[f"probe_pointing_{name}"], row[f"probe_hits_{name}"] = pr["probe_pointing_game"], pr["hits"]
+        row[f"probe_patch_auc_{name}"] = pr["patch_auc"]
     row.update(
         sla_detection_auc=det["finding_detection_auc"],
         detection_aucs=det["aucs"],
@@ -220,6 +238,12 @@ def summarise(rows: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
         ]
         out[m]["locality_share_outside_per_seed"] = [by[(m, s)]["locality_share_outside"] for s in seeds]
         out[m]["removal_drop_positive_per_seed"] = [by[(m, s)]["removal_drop_positive"] for s in seeds]
+    for m in models:
+        for name in ("tower", "sla", "pixels"):
+            key = f"probe_hits_{name}"
+            if all(key in by[(m, s)] for s in seeds):
+                mean, ci = bootstrap(np.array([by[(m, s)][key] for s in seeds], float))
+                out[m][f"probe_pointing_{name}"], out[m][f"probe_pointing_{name}_ci95"] = mean, ci
     if "mama" in det and "clip" in det:
         mean, ci = bootstrap(det["mama"] - det["clip"])
         out["detection_mama_minus_clip"], out["detection_mama_minus_clip_ci95"] = mean, ci
@@ -295,6 +319,7 @@ def main() -> None:
                         k: v
                         for k, v in row.items()
                         if k not in ("hits", "chance_per_image", "detection_aucs", "prior_hits")
+                        and not k.startswith("probe_hits")
                     }
                 ),
                 flush=True,
@@ -313,7 +338,8 @@ def main() -> None:
     cols = ["model", "seed", "lp_density_bacc", "lp_density_bacc_ci95", "zs_density_bacc", "pointing_game",
             "pointing_game_running", "pointing_game_coldest", "chance_pointing_game", "prior_pointing_game", "sla_detection_auc",
             "sla_detection_auc_density_matched",
-            "removal_drop_positive", "locality_share_outside", "locality_share_if_spread", "train_s"]  # fmt: skip
+            "removal_drop_positive", "locality_share_outside", "locality_share_if_spread", "probe_pointing_tower",
+            "probe_pointing_sla", "probe_pointing_pixels", "train_s"]  # fmt: skip
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
     table = "\n".join(lines)

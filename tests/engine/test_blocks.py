@@ -78,6 +78,37 @@ def test_sampler_shards_cover_dataset_and_resume_mid_epoch():
     assert len(uneven[0]) == len(uneven[1]) == 4  # padded like DistributedSampler
 
 
+def _runs(order, key):
+    """Number of maximal runs of equal keys along ``order`` (one per group when groups stay together)."""
+    keys = [key[i] for i in order]
+    return sum(1 for k in range(len(keys)) if k == 0 or keys[k] != keys[k - 1])
+
+
+def test_grouped_sampler_keeps_groups_together_shuffled_and_resumable():
+    groups = ["e1", "e2", "e1", "e3", "e2", "e1", "e4", "e3", "e4", "e5"]  # 5 exams, 1-3 images each
+    s = ResumableSampler(len(groups), seed=7, groups=groups)
+    s.set_epoch(0)
+    e0 = list(s)
+    assert sorted(e0) == list(range(len(groups)))  # every index once per epoch
+    assert _runs(e0, groups) == 5  # each exam's images are consecutive
+    s.set_epoch(0, start=3)
+    assert list(s) == e0[3:]  # resumes mid-epoch
+    orders = []
+    for epoch in range(6):
+        s.set_epoch(epoch)
+        orders.append(list(s))
+        assert _runs(orders[-1], groups) == 5
+    assert len({tuple(o) for o in orders}) > 1  # shuffled anew per epoch
+    # two ranks: disjoint contiguous blocks of the grouped order, together the whole epoch
+    shards = [ResumableSampler(len(groups), seed=7, rank=r, world_size=2, groups=groups, drop_last=True) for r in range(2)]
+    for sh in shards:
+        sh.set_epoch(0)
+    a, b = list(shards[0]), list(shards[1])
+    assert a + b == e0 and len(a) == len(b) == 5
+    with pytest.raises(ValueError, match="3 group keys for 4 indices"):
+        ResumableSampler(4, groups=["a", "b", "c"])
+
+
 def test_checkpoint_roundtrip_and_pruning(tmp_path):
     model = nn.Linear(3, 2)
     opt = torch.optim.Adam(model.parameters())

@@ -15,6 +15,7 @@ from medlearn.mama.modeling.losses import (
     report_keys,
     sla_loss,
     sla_scores,
+    soft_max_pool,
     soft_targets,
 )
 
@@ -120,6 +121,51 @@ def test_sla_loss_matches_numpy_ce():
     assert none is None and one_way.item() == pytest.approx(exp_t, rel=1e-8)
 
 
+def _np_smooth_max(x: np.ndarray, t: float) -> float:
+    """t * log(mean(exp(x / t))), written out."""
+    return float(t * np.log(np.mean(np.exp(np.asarray(x) / t))))
+
+
+def _loop_sla_smooth(p: np.ndarray, s: np.ndarray, mask: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
+    ni, nt = len(p), len(s)
+    t2i, i2t = np.zeros((ni, nt)), np.zeros((ni, nt))
+    for n in range(ni):
+        for j in range(nt):
+            sim = p[n] @ s[j][mask[j]].T  # (P, S_j)
+            t2i[n, j] = np.mean([_np_smooth_max(sim[:, k], t) for k in range(sim.shape[1])])
+            i2t[n, j] = np.mean([_np_smooth_max(sim[q, :], t) for q in range(sim.shape[0])])
+    return t2i, i2t
+
+
+def test_soft_max_pool_between_mean_and_max():
+    x = torch.tensor([[0.1, 0.5, -0.2, 0.4]], dtype=torch.float64)
+    assert soft_max_pool(x, 1, 0.3).item() == pytest.approx(_np_smooth_max(x[0].numpy(), 0.3), rel=1e-12)
+    assert soft_max_pool(x, 1, 1e-4).item() == pytest.approx(0.5, abs=1e-3)  # -> max
+    assert soft_max_pool(x, 1, 1e4).item() == pytest.approx(0.2, abs=1e-4)  # -> mean
+    assert soft_max_pool(torch.full((2, 5), 0.7, dtype=torch.float64), 1, 0.1).tolist() == pytest.approx([0.7, 0.7])
+    valid = torch.tensor([[True, False, True, False]])  # masked entries do not count
+    assert soft_max_pool(x, 1, 0.3, valid).item() == pytest.approx(_np_smooth_max([0.1, -0.2], 0.3), rel=1e-12)
+    g = x.clone().requires_grad_(True)
+    soft_max_pool(g, 1, 0.3).sum().backward()  # the gradient reaches every entry: softmax(x / t)
+    np.testing.assert_allclose(g.grad[0].numpy(), np.exp(x[0].numpy() / 0.3) / np.exp(x[0].numpy() / 0.3).sum())
+
+
+def test_sla_logsumexp_pool_matches_loops_and_numpy_ce():
+    patches, sents, mask = _sla_inputs()
+    t2i, i2t = sla_scores(patches, sents, mask, chunk=2, pool="logsumexp", temperature=0.2)
+    ref_t2i, ref_i2t = _loop_sla_smooth(patches.numpy(), sents.numpy(), mask.numpy(), 0.2)
+    np.testing.assert_allclose(t2i.numpy(), ref_t2i, rtol=1e-10)
+    np.testing.assert_allclose(i2t.numpy(), ref_i2t, rtol=1e-10)
+    scale = torch.tensor(3.0, dtype=torch.float64)
+    lt, li = sla_loss(patches, sents, mask, scale, chunk=3, pool="logsumexp", temperature=0.2)
+    idx = list(range(5))
+    assert lt.item() == pytest.approx(_np_ce_rows(3 * ref_t2i, idx) + _np_ce_rows(3 * ref_t2i.T, idx), rel=1e-8)
+    assert li.item() == pytest.approx(_np_ce_rows(3 * ref_i2t, idx) + _np_ce_rows(3 * ref_i2t.T, idx), rel=1e-8)
+    cold = sla_scores(patches, sents, mask, pool="logsumexp", temperature=1e-5)  # -> the reference max
+    for a, b in zip(cold, sla_scores(patches, sents, mask)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-4)
+
+
 def test_sla_chunked_equals_unchunked_values_and_gradients():
     patches, sents, mask = _sla_inputs(n=5)
     results = []
@@ -181,5 +227,11 @@ def test_mama_loss_gating_and_weights():
     idx = list(range(5))
     i2t_term = _np_ce_rows(scale * ref_i2t, idx) + _np_ce_rows(scale * ref_i2t.T, idx)
     assert late["loss"].item() - one_way["loss"].item() == pytest.approx(3.0 * i2t_term, rel=1e-5)
+    # logsumexp pooling reaches mama_loss: its SLA terms are the smooth-max loops' (numpy above)
+    cfg_lse = LossConfig(w_clip=1.0, w_nt_xent=0.5, w_clip_extra=2.0, w_sla=3.0, sla_pool="logsumexp", sla_pool_temperature=0.2)
+    soft = mama_loss(out, cfg_lse, late=True)
+    st2i, si2t = _loop_sla_smooth(*(t.detach().numpy() for t in (out["patches"], out["sentences"], out["sentence_mask"])), 0.2)
+    assert soft["sla_t2i"].item() == pytest.approx(_np_ce_rows(scale * st2i, idx) + _np_ce_rows(scale * st2i.T, idx), rel=1e-5)
+    assert soft["sla_i2t"].item() == pytest.approx(_np_ce_rows(scale * si2t, idx) + _np_ce_rows(scale * si2t.T, idx), rel=1e-5)
     only_clip = mama_loss(out, LossConfig(nt_xent=False, clip_extra=False, sla=False), late=True)
     assert set(only_clip) == {"clip", "loss"}

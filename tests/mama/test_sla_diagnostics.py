@@ -138,3 +138,49 @@ def test_detection_auc_with_matched_negatives_sees_only_the_finding(tmp_path):
     ]
     with pytest.raises(ValueError, match="tissueden"):
         D.finding_detection_auc(enc, table, tmp_path, SIZE, _Builder(), match=("tissueden",))
+
+
+def _table_at(tmp_path, cells, n_neg, prefix):
+    """One image per (row, col) cell with a bright 8 x 8 square there, and n_neg plain images."""
+    rows = []
+    for i, cell in enumerate(list(cells) + [None] * n_neg):
+        img = np.full((SIZE, SIZE), 0.3, np.float32)
+        roi = ""
+        if cell is not None:
+            y, x = 8 * int(cell[0]), 8 * int(cell[1])
+            img[y : y + 8, x : x + 8] = 1.0
+            roi = json.dumps([[y + 1, x + 1, y + 7, x + 7]])  # inside the cell: one hit cell
+        np.save(tmp_path / f"{prefix}{i}.npy", img)
+        rows.append({"image_id": f"{prefix}{i}", "image_path": f"{prefix}{i}.npy", "roi_coords": roi, "crop_y0": 0,
+                     "crop_x0": 0, "crop_y1": SIZE, "crop_x1": SIZE, "orig_rows": 128, "orig_cols": 128, "scale": 1.0})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_pixel_patches_are_the_grid_cells_row_major():
+    img = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    out = D.pixel_patches(img, 4)  # 2 x 2 pixel cells
+    assert out.shape == (2, 16, 4)
+    k = 1 * 4 + 2  # cell (row 1, col 2)
+    assert out[1, k].tolist() == img[1, 0, 2:4, 4:6].reshape(-1).tolist()
+
+
+def test_patch_probe_points_where_the_features_carry_the_finding(tmp_path):
+    """A probe on per-cell brightness finds findings at cells it never saw in training (pointing 1);
+    a probe on features that carry only the cell's position learns where training findings were,
+    and misses findings elsewhere (pointing 0)."""
+    rng = np.random.default_rng(0)
+    train_cells = [tuple(c) for c in rng.integers(0, 4, (12, 2))]  # training findings: top-left quadrant
+    test_cells = [(6, 6), (5, 7), (7, 4)]  # test findings: elsewhere
+    train = _table_at(tmp_path, train_cells, 6, "tr")
+    test = _table_at(tmp_path, test_cells, 2, "te")
+    bright = _CellMeans(spread=False).patch_features
+    res = D.patch_probe_pointing(bright, train, test, tmp_path, SIZE)
+    assert res["n"] == 3 and res["hits"] == [True, True, True] and res["probe_pointing_game"] == 1.0
+    assert res["patch_auc"] == 1.0
+    assert res["n_train_images"] == 18 and res["n_train_positive_patches"] == 12
+
+    def position_only(images):  # one-hot of the cell index: no view of the image at all
+        return torch.eye(GRID * GRID).expand(images.shape[0], -1, -1)
+
+    res = D.patch_probe_pointing(position_only, train, test, tmp_path, SIZE)
+    assert res["hits"] == [False, False, False]

@@ -138,3 +138,33 @@ def test_training_set_smaller_than_a_batch_is_refused(tmp_path):
         from pt_fakes import FakePairs, fake_collate
     with pytest.raises(ConfigError, match="fewer than one batch"):
         train(tiny_config(tmp_path), (FakePairs(5), FakePairs(4)), fake_collate)
+
+
+def _exam_sequence(prepared, tmp_path, monkeypatch, grouping: str) -> list[list[str]]:
+    """Exam ids of every training batch of a short real run (``train`` builds the loader itself)."""
+    from medlearn.mama import train as train_mod
+
+    seen: list[list[str]] = []
+    original = train_mod.TokenizingCollate.__call__
+
+    def recording(self, items):
+        seen.append([str(it["exam_id"]) for it in items])
+        return original(self, items)
+
+    monkeypatch.setattr(train_mod.TokenizingCollate, "__call__", recording)
+    cfg = tiny_config(tmp_path, "train.max_steps=4", "loss.late_loss=2", "engine.ckpt_every=0", "train.val_every=0",
+                      "engine.num_workers=0", "data.num_workers=0", f"data.prepared_dir={prepared}",
+                      f"data.batch_grouping={grouping}")  # fmt: skip
+    train(cfg)
+    return seen
+
+
+def test_batch_grouping_by_exam_keeps_exams_together(prepared, tmp_path, monkeypatch):
+    grouped = _exam_sequence(prepared, tmp_path / "exam", monkeypatch, "exam")
+    flat = [e for batch in grouped for e in batch]
+    runs = sum(1 for k in range(len(flat)) if k == 0 or flat[k] != flat[k - 1])
+    assert runs == len(set(flat))  # every exam's images arrive one after the other
+    assert any(len(set(batch)) < len(batch) for batch in grouped)  # batches hold several images of an exam
+    plain = _exam_sequence(prepared, tmp_path / "none", monkeypatch, "none")
+    flat = [e for batch in plain for e in batch]
+    assert sum(1 for k in range(len(flat)) if k == 0 or flat[k] != flat[k - 1]) > len(set(flat))

@@ -166,6 +166,11 @@ class LossConfig:
             paper trains it): text->image (each sentence's best patch, averaged over sentences)
             plus image->text (each patch's best sentence, averaged over patches); ``false`` keeps
             text->image only.
+        sla_pool: how SLA picks a sentence's patch (and a patch's sentence): ``max`` (default, the
+            reference: only the best patch gets gradient) or ``logsumexp`` (a smooth maximum at
+            ``sla_pool_temperature``, in cosine-similarity units, that passes gradient to every
+            patch in proportion to its softmax weight).
+        sla_pool_temperature: temperature of ``logsumexp`` pooling (> 0; -> 0 is ``max``).
     """
 
     clip: bool = True
@@ -184,6 +189,8 @@ class LossConfig:
     sla_chunk: int = 8
     dedup_reports: bool = False
     sla_symmetric: bool = True
+    sla_pool: Literal["max", "logsumexp"] = "max"
+    sla_pool_temperature: float = 0.1
 
 
 @dataclass
@@ -214,6 +221,10 @@ class DataConfig:
         recrop: Otsu-crop every cached image again before augmenting (the reference crops online,
             after its offline cache). Default false: images that ``prepare`` already cropped are not
             cropped a second time (rows it did not crop still are).
+        batch_grouping: ``none`` (default, the reference: images shuffled independently) or
+            ``exam`` / ``patient``: batches are made of whole exams (patients), all their images
+            consecutive, so a batch holds the other breast and views of each exam: negatives of the
+            same density and patient that differ by side, view and findings.
     """
 
     prepared_dir: str = ""
@@ -224,6 +235,7 @@ class DataConfig:
     val_max: int = 512
     num_workers: int = -1
     recrop: bool = False
+    batch_grouping: Literal["none", "exam", "patient"] = "none"
 
 
 @dataclass
@@ -280,6 +292,8 @@ def validate(cfg: MamaConfig) -> None:
         )
     if cfg.loss.sla_chunk < 1:
         raise ConfigError(f"loss.sla_chunk must be >= 1, got {cfg.loss.sla_chunk}")
+    if cfg.loss.sla_pool_temperature <= 0:
+        raise ConfigError(f"loss.sla_pool_temperature must be > 0, got {cfg.loss.sla_pool_temperature}")
     if cfg.loss.init_temperature <= 0 or cfg.loss.nt_xent_temperature <= 0:
         raise ConfigError("loss.init_temperature and loss.nt_xent_temperature must be > 0")
     if not any((cfg.loss.clip, cfg.loss.nt_xent, cfg.loss.clip_extra, cfg.loss.sla)):

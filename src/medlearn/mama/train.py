@@ -145,7 +145,7 @@ class MamaData:
 
     def __init__(
         self, dataset: Any, batch_size: int, seed: int, accelerator: Any, collate_fn: Any, workers: int,
-        accum: int, late_from: int | None,
+        accum: int, late_from: int | None, groups: Any = None,
     ) -> None:  # fmt: skip
         from torch.utils.data import DataLoader
 
@@ -153,8 +153,9 @@ class MamaData:
 
         self.batch_size = batch_size
         self.sampler = ResumableSampler(
-            len(dataset), seed, True, accelerator.process_index, accelerator.num_processes, drop_last=True
-        )
+            len(dataset), seed, True, accelerator.process_index, accelerator.num_processes, drop_last=True,
+            groups=groups,
+        )  # fmt: skip
         per_epoch = len(self.sampler) // batch_size
         keys = LateKeys(self.sampler, batch_size, per_epoch, accum, late_from)
         extra: dict[str, Any] = {"persistent_workers": True, "prefetch_factor": 4} if workers > 0 else {}
@@ -271,8 +272,10 @@ class MamaHooks(TrainHooks):
         workers = cfg.data.num_workers if cfg.data.num_workers >= 0 else cfg.engine.num_workers
         self.collate_fn = TokenizingCollate(model.tokenizer, collate_fn)
         lo = cfg.loss
+        grouping = cfg.data.batch_grouping
         if getattr(train_ds, "accepts_keys", False):  # extra images only from late_loss on
             late_from = lo.late_loss if (lo.clip_extra or lo.nt_xent) else None
+            groups = None if grouping == "none" else train_ds.table[f"{grouping}_id"].astype(str).tolist()
             self.data = MamaData(
                 train_ds,
                 b,
@@ -282,6 +285,12 @@ class MamaHooks(TrainHooks):
                 workers,
                 cfg.engine.grad_accum_steps,
                 late_from,
+                groups,
+            )
+        elif grouping != "none":
+            raise ConfigError(
+                f"data.batch_grouping={grouping} needs the prepared-table dataset (exam_id / patient_id "
+                f"columns); this training set is a {type(train_ds).__name__}"
             )
         else:  # any map-style dataset of items with an extra image
             self.data = SamplerData(

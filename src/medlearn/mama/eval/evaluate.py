@@ -181,6 +181,11 @@ class MamaEncoder:
         return self.model.image(images.to(self.device)).pooled
 
     @torch.no_grad()
+    def patch_tokens(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, P, D) the image tower's patch tokens (the SLA image head's input)."""
+        return self.model.image(images.to(self.device)).patches
+
+    @torch.no_grad()
     def patch_features(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, P, El) normalised SLA patch features (running BatchNorm statistics)."""
         import torch.nn.functional as F

@@ -1,4 +1,4 @@
-"""Two diagnostics of the local alignment that separate *whether* from *where*.
+"""Diagnostics of the local alignment that separate *whether* from *where*, and the map from the features.
 
 The pointing game asks where the finding sentence's heatmap peaks. Two questions come before it:
 
@@ -14,7 +14,11 @@ The pointing game asks where the finding sentence's heatmap peaks. Two questions
   change outside those cells is 0 for perfectly local features and about (1 - cells covered / all
   cells) when the finding's information is spread over the whole image.
 
-Both take the same prepared-table rows, images and boxes as
+* :func:`patch_probe_pointing`: is the finding's place in the patch features at all?  A linear
+  probe trained on the training split's ROI cells plays the pointing game; high values with a
+  poor SLA map say the features see the finding and the sentence direction misses it.
+
+All take the same prepared-table rows, images and boxes as
 :func:`~medlearn.mama.eval.localisation.evaluate_pointing`.
 """
 
@@ -171,3 +175,90 @@ def finding_removal(
     return {"drop_positive": float(np.mean(np.array(drops) > 0)) if drops else float("nan"),
             "score_drop": med(drops), "share_outside": med(shares), "share_outside_if_spread": med(spread),
             "ratio": med(ratios), "drops": drops, "shares": shares, "n": len(drops)}  # fmt: skip
+
+
+def pixel_patches(images: Tensor, grid: int) -> Tensor:
+    """(B, C, S, S) images -> (B, grid * grid, (S / grid)^2) raw pixels of channel 0 per grid cell, row-major."""
+    b, _, s, _ = images.shape
+    p = s // grid
+    cells = images[:, 0, : grid * p, : grid * p].reshape(b, grid, p, grid, p)
+    return cells.permute(0, 1, 3, 2, 4).reshape(b, grid * grid, p * p)
+
+
+def _probe_inputs(
+    features: Any, rows: list, image_root: str | Path, image_size: int, batch_size: int
+) -> tuple[np.ndarray, list[list[Box]]]:
+    """(N, P, D) features of ``rows`` ((row, crop) pairs) and their ROI boxes in input pixels."""
+    tfs = eval_transforms(image_size)
+    feats, boxes = [], []
+    for start in range(0, len(rows), batch_size):
+        loaded = [load_eval_input(r, c, image_root, tfs[c], image_size) for r, c in rows[start : start + batch_size]]
+        feats.append(features(torch.stack([img for img, _ in loaded])).float().cpu().numpy())
+        boxes += [b for _, b in loaded]
+    return np.concatenate(feats), boxes
+
+
+@torch.no_grad()
+def patch_probe_pointing(
+    features: Any,
+    train_table: Any,
+    test_table: Any,
+    image_root: str | Path,
+    image_size: int,
+    max_train: int = 600,
+    max_test: int = 200,
+    batch_size: int = 16,
+    recrop: bool = False,
+    c: float = 1.0,
+) -> dict[str, Any]:
+    """The pointing game a *linear read-out* of the patch features plays: is the finding's place in them?
+
+    A logistic regression (scikit-learn, standardised inputs, balanced classes, inverse
+    regularisation ``c``) learns from the training split's patches whether a patch is a
+    pointing-game hit cell of its image (every patch of an image without ROIs is a negative).
+    On the test images with ROIs its score map is played like an SLA heatmap. High values say the
+    features carry where the finding is, so an SLA map that misses it has learnt the wrong thing;
+    values near the location prior say the features do not carry it.
+
+    Args:
+        features: callable (B, 3, S, S) images -> (B, P, D) patch features, P a square grid
+            (e.g. the image tower's patch tokens, or :func:`pixel_patches`).
+        train_table, test_table: prepared-table rows (as :func:`~medlearn.mama.eval.localisation.evaluate_pointing`).
+    Returns:
+        ``probe_pointing_game``, ``hits`` (per test image with ROIs), ``patch_auc`` (ROC AUC of
+        the probe over the test patches), ``n_train_images``, ``n_train_positive_patches``, ``n``.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from medlearn.mama.eval.localisation import pointing_hit
+
+    train = eval_rows(train_table, recrop)[:max_train]
+    test = [rc for rc in eval_rows(test_table, recrop) if has_roi(rc[0])][:max_test]
+    x_train, train_boxes = _probe_inputs(features, train, image_root, image_size, batch_size)
+    n, p, d = x_train.shape
+    g = int(round(p**0.5))
+    if g * g != p:
+        raise ValueError(f"patch_probe_pointing: {p} patches do not form a square grid")
+    hw = (image_size, image_size)
+    y_train = np.stack([hit_cells(b, (g, g), hw).reshape(-1) if b else np.zeros(p, bool) for b in train_boxes])
+    if not y_train.any() or not test:
+        return {"probe_pointing_game": float("nan"), "hits": [], "patch_auc": float("nan"), "n": 0,
+                "n_train_images": n, "n_train_positive_patches": int(y_train.sum())}  # fmt: skip
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=2000))
+    probe.fit(x_train.reshape(n * p, d), y_train.reshape(-1))
+    x_test, test_boxes = _probe_inputs(features, test, image_root, image_size, batch_size)
+    scores = probe.decision_function(x_test.reshape(-1, d)).reshape(len(test), g, g)
+    keep = [i for i, b in enumerate(test_boxes) if b]
+    hits = [bool(pointing_hit(scores[i], test_boxes[i], hw)) for i in keep]
+    y_test = np.stack([hit_cells(test_boxes[i], (g, g), hw) for i in keep])
+    return {
+        "probe_pointing_game": float(np.mean(hits)) if hits else float("nan"),
+        "hits": hits,
+        "patch_auc": float(roc_auc_score(y_test.reshape(-1), scores[keep].reshape(-1))),
+        "n": len(hits),
+        "n_train_images": n,
+        "n_train_positive_patches": int(y_train.sum()),
+    }

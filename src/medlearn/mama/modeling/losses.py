@@ -113,8 +113,29 @@ def nt_xent_loss(
     return F.cross_entropy(logits, pos_col)
 
 
+def soft_max_pool(x: Tensor, dim: int, temperature: float, valid: Tensor | None = None) -> Tensor:
+    """``temperature * log(mean_k exp(x_k / temperature))`` over the valid entries along ``dim``.
+
+    A smooth maximum: it lies between the mean (temperature -> inf) and the max (-> 0) and equals
+    ``x`` when all entries are equal; its gradient reaches every entry (softmax weights), not only
+    the arg-max.  ``valid``: bool mask broadcastable to ``x`` (at least one True along ``dim``).
+    """
+    z = x / temperature
+    count = torch.tensor(float(x.shape[dim]), dtype=x.dtype, device=x.device)
+    if valid is not None:
+        z = z.masked_fill(~valid, float("-inf"))
+        count = valid.expand_as(x).sum(dim=dim).clamp_min(1).to(x.dtype)
+    return temperature * (torch.logsumexp(z, dim=dim) - count.log())
+
+
 def sla_scores(
-    patches: Tensor, sentences: Tensor, sentence_mask: Tensor, chunk: int = 8, symmetric: bool = True
+    patches: Tensor,
+    sentences: Tensor,
+    sentence_mask: Tensor,
+    chunk: int = 8,
+    symmetric: bool = True,
+    pool: str = "max",
+    temperature: float = 0.1,
 ) -> tuple[Tensor, Tensor | None]:
     """Symmetric local alignment scores between every image and every report.
 
@@ -124,6 +145,8 @@ def sla_scores(
         sentence_mask: (Nt, S) bool, True for real sentences.
         chunk: images per chunk of the (chunk, Nt, P, S) similarity tensor.
         symmetric: also compute i2t (else it is None and not computed).
+        pool: ``max`` (the reference: best patch / best sentence) or ``logsumexp``
+            (:func:`soft_max_pool` at ``temperature``: every patch / sentence gets gradient).
     Returns:
         t2i (Ni, Nt): for each sentence the best patch, averaged over the report's sentences;
         i2t (Ni, Nt): for each patch the best sentence, averaged over the patches (0 for a report
@@ -136,11 +159,17 @@ def sla_scores(
     t2i, i2t = [], []
     for start in range(0, patches.shape[0], chunk):
         sim = torch.einsum("ipe,tse->itps", patches[start : start + chunk], sentences)  # (c, Nt, P, S)
-        best_patch = sim.max(dim=2).values  # (c, Nt, S)
+        if pool == "max":
+            best_patch = sim.max(dim=2).values  # (c, Nt, S)
+        else:
+            best_patch = soft_max_pool(sim, 2, temperature)
         t2i.append((best_patch * valid).sum(dim=-1) / n_sent)
         if not symmetric:
             continue
-        best_sent = sim.masked_fill(~sentence_mask[None, :, None, :], neg).max(dim=3).values  # (c, Nt, P)
+        if pool == "max":
+            best_sent = sim.masked_fill(~sentence_mask[None, :, None, :], neg).max(dim=3).values  # (c, Nt, P)
+        else:
+            best_sent = soft_max_pool(sim, 3, temperature, sentence_mask[None, :, None, :])
         i2t.append(torch.where(has_sent, best_sent.mean(dim=-1), torch.zeros_like(best_sent[..., 0])))
     return torch.cat(t2i), torch.cat(i2t) if symmetric else None
 
@@ -153,10 +182,13 @@ def sla_loss(
     chunk: int = 8,
     targets: Tensor | None = None,
     symmetric: bool = True,
+    pool: str = "max",
+    temperature: float = 0.1,
 ) -> tuple[Tensor, Tensor | None]:
     """(text->image, image->text) SLA losses, each CE both ways over scale * score (N x N, local
-    batch); image->text is None (and not computed) when ``symmetric`` is false."""
-    t2i, i2t = sla_scores(patches, sentences, sentence_mask, chunk, symmetric)
+    batch); image->text is None (and not computed) when ``symmetric`` is false. ``pool`` and
+    ``temperature``: see :func:`sla_scores`."""
+    t2i, i2t = sla_scores(patches, sentences, sentence_mask, chunk, symmetric, pool, temperature)
     tgt = contrastive_targets(t2i.shape[0], 0, t2i.device) if targets is None else targets
     lt = _ce(scale * t2i, tgt) + _ce(scale * t2i.T, tgt)
     if i2t is None:
@@ -222,6 +254,8 @@ def mama_loss(
             cfg.sla_chunk,
             sla_targets,
             cfg.sla_symmetric,
+            cfg.sla_pool,
+            cfg.sla_pool_temperature,
         )
         terms["sla_t2i"] = lt
         total = total + cfg.w_sla * lt
