@@ -54,6 +54,22 @@ def test_image_tower_pools_all_tokens_before_final_norm(patch_tokens):
     assert tower.backbone.config._attn_implementation == "sdpa"
 
 
+def test_frozen_image_tower_gets_no_gradient_and_keeps_its_weights():
+    tower = ImageTower(ImageTowerConfig(name="random", image_size=32, arch=IMAGE_ARCH, trainable=False))
+    assert not any(p.requires_grad for p in tower.parameters())
+    before = {k: v.clone() for k, v in tower.state_dict().items()}
+    head = torch.nn.Linear(tower.width, 1)
+    opt = torch.optim.AdamW([*tower.parameters(), *head.parameters()], lr=0.1)
+    out = tower(torch.randn(2, 3, 32, 32))
+    head(out.patches).sum().backward()  # the head trains on the frozen features
+    opt.step()
+    assert head.weight.grad is not None
+    for k, v in tower.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    trainable = ImageTower(ImageTowerConfig(name="random", image_size=32, arch=IMAGE_ARCH))
+    assert any(p.requires_grad for p in trainable.parameters())  # the default trains the backbone
+
+
 def test_image_tower_rejects_bad_input_and_arch():
     tower = ImageTower(ImageTowerConfig(name="random", image_size=32, arch=IMAGE_ARCH))
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):

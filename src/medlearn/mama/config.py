@@ -31,6 +31,8 @@ class ImageTowerConfig:
         attn_implementation: ``sdpa`` (fused attention; the reference used ``eager``).
         patch_tokens: SLA patch features ``post_norm`` (after the final LayerNorm, the reference's
             ``x_norm_patchtokens``) or ``pre_norm`` (the last block's output, like the pooled feature).
+        trainable: train the backbone (default, as the paper); ``false`` freezes it, so only the
+            heads and the text adapters learn and the patch tokens keep the locality they start with.
     """
 
     name: str = "random"
@@ -41,6 +43,7 @@ class ImageTowerConfig:
     checkpoint_every_n_layers: int = 1
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     patch_tokens: Literal["post_norm", "pre_norm"] = "post_norm"
+    trainable: bool = True
 
 
 @dataclass

@@ -112,7 +112,7 @@ class ImageTower(nn.Module):
         self.post_norm_patches = cfg.patch_tokens == "post_norm"
         # frozen: the final LayerNorm (MaMA freezes it) and the masked-image token (unused)
         for name, p in self.backbone.named_parameters():
-            if name.startswith("layernorm.") or name.endswith("mask_token"):
+            if not cfg.trainable or name.startswith("layernorm.") or name.endswith("mask_token"):
                 p.requires_grad_(False)
         if cfg.gradient_checkpointing:
             enable_checkpointing(self.backbone, cfg.checkpoint_every_n_layers)
