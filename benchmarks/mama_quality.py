@@ -26,6 +26,11 @@ patch features at all (:func:`~medlearn.mama.eval.sla_diagnostics.patch_probe_po
 on the training split's ROI cells): ``probe_pointing_tower`` (the image tower's patch tokens),
 ``probe_pointing_sla`` (the SLA-projected patch features), ``probe_pointing_pixels`` (raw pixels).
 
+``--image-pretrain-steps N`` first gives the image tower learnt, local patch features by masked-image
+pre-training on the training split (:func:`medlearn.mama.image_pretrain.pretrain_image`, the path of
+``medlearn mama pretrain-image``; reports unused) and starts both models from it, as the paper starts
+from a pre-trained DINOv2.
+
 The synthetic findings are rendered with ``--conspicuity`` (mass contrast and calcification speck
 size x that factor; 1 = the realistic values) so that a reader can point at them at 64 px.
 
@@ -35,6 +40,7 @@ models), and the paired differences MaMA - CLIP and MaMA - chance with their CIs
 
     python benchmarks/mama_quality.py --out runs/mama-quality                        # CPU default
     python benchmarks/mama_quality.py --out runs/mq --seeds 0 --conspicuity 1 --tasks density,birads
+    python benchmarks/mama_quality.py --out runs/mq --image-pretrain-steps 3000            # pre-trained tower
     python benchmarks/mama_quality.py --out runs/mq --steps 2000 --patients 600 --device cuda
 """
 
@@ -81,6 +87,32 @@ def make_data(args: argparse.Namespace, out: Path) -> Path:
             cfg=PrepareConfig(long_side=args.cache_side, workers=args.workers),
         )
     return prep
+
+
+def pretrained_tower(args: argparse.Namespace, out: Path, prep: Path) -> Path | None:
+    """``--image-pretrain-steps`` > 0: the image tower after masked-image pre-training on the training
+    split (``medlearn mama pretrain-image``'s path, seed 0, cached under ``out``); else None."""
+    n = args.image_pretrain_steps
+    if n <= 0:
+        return None
+    from medlearn.mama.image_pretrain import pretrain_image
+
+    run = out / f"image_pretrain_{n}"
+    tower = run / "image_tower"
+    if not (tower / "config.json").is_file():
+        cfg = load_config(
+            MamaConfig,
+            ROOT / "configs" / "mama" / "demo.yaml",
+            [
+                f"train.out={run}", f"data.prepared_dir={prep}", f"train.max_steps={n}", f"train.val_every={max(1, n // 6)}",
+                f"optim.warmup_steps={max(1, n // 30)}", f"data.batch_size={args.image_pretrain_batch}",
+                f"model.image.image_size={args.image_size}", f"engine.device={args.device}", "engine.progress=false",
+                f"engine.ckpt_every={max(1, n // 6)}", "engine.seed=0", f"engine.num_threads={args.threads}",
+                *args.image_pretrain_override,
+            ],
+        )  # fmt: skip
+        pretrain_image(cfg)
+    return tower
 
 
 def late_loss(args: argparse.Namespace) -> int:
@@ -279,6 +311,12 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2", help="training seeds (the data stays the same)")
     ap.add_argument("--models", default="mama,clip")
     ap.add_argument("--override", nargs="*", default=[], help="extra config overrides for both models")
+    ap.add_argument(
+        "--image-pretrain-steps", type=int, default=0,
+        help="masked-image pre-training steps of the image tower before both models (0 = random tower)",
+    )  # fmt: skip
+    ap.add_argument("--image-pretrain-batch", type=int, default=64)
+    ap.add_argument("--image-pretrain-override", nargs="*", default=[], help="config overrides of that pre-training")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("medlearn.engine", "medlearn.mama.eval.zero_shot", "medlearn.progress"):
@@ -287,6 +325,10 @@ def main() -> None:
     t0 = time.time()
     prep = make_data(args, out)
     t_data = time.time() - t0
+    t0_tower = time.time()
+    tower = pretrained_tower(args, out, prep)
+    t_tower = time.time() - t0_tower
+    tower_override = [f"model.image.name={tower}"] if tower else []
     seeds = [int(s) for s in args.seeds.split(",")]
     rows: list[dict[str, Any]] = []
     done = out / "rows.jsonl"
@@ -299,7 +341,7 @@ def main() -> None:
             from medlearn.mama.train import train
 
             run = out / "runs" / f"{name}_s{seed}"
-            cfg = run_config(args, run, prep, seed, MODELS[name])
+            cfg = run_config(args, run, prep, seed, [*MODELS[name], *tower_override])
             t1 = time.time()
             if not (run / "checkpoints" / "final").is_dir():
                 train(cfg)
@@ -327,7 +369,7 @@ def main() -> None:
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.device}"
     summary = summarise(rows, seeds)
     result = {"rows": rows, "summary": summary, "chance_pointing_game": summary["chance"], "args": vars(args),
-              "machine": machine, "data_s": round(t_data, 1), "total_s": round(time.time() - t0, 1)}  # fmt: skip
+              "machine": machine, "data_s": round(t_data, 1), "image_pretrain_s": round(t_tower, 1), "total_s": round(time.time() - t0, 1)}  # fmt: skip
     (out / "quality.json").write_text(json.dumps(result, indent=2))
 
     def fmt(v: Any) -> str:

@@ -1,4 +1,4 @@
-"""``medlearn mama``: data verbs (synth, prepare), ``train``, ``export``, evaluation verbs.
+"""``medlearn mama``: data verbs (synth, prepare), ``train``, ``pretrain-image``, ``export``, evaluation verbs.
 
 Added by :mod:`medlearn.mama.task`; the generic verbs (``presets``, ``show-config``, ``demo``)
 come from :mod:`medlearn.cli`.
@@ -30,6 +30,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return exit_status(summary)  # 130/143 when SIGINT/SIGTERM stopped it
 
 
+def _cmd_pretrain_image(args: argparse.Namespace) -> int:
+    from medlearn.engine.loop import exit_status
+    from medlearn.mama.image_pretrain import pretrain_image
+
+    summary = pretrain_image(_load(args))
+    print(json.dumps({k: v for k, v in summary.items() if k != "metrics"}, indent=2))
+    print(json.dumps(summary["metrics"], indent=2))
+    return exit_status(summary)
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from medlearn.mama.modeling.export import export
 
@@ -39,7 +49,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def add_verbs(sub: argparse._SubParsersAction) -> None:
-    """``synth``, ``prepare`` (cli_data), ``train``, ``export``, ``evaluate``, ``predict`` (cli_eval)."""
+    """``synth``, ``prepare`` (cli_data), ``train``, ``pretrain-image``, ``export``, ``evaluate``, ``predict`` (cli_eval)."""
     from medlearn.mama.cli_data import add_data_verbs
     from medlearn.mama.cli_eval import add_eval_verbs
 
@@ -47,6 +57,13 @@ def add_verbs(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="pre-train MaMA (resumes from the run folder's last checkpoint)")
     add_config_args(p)
     p.set_defaults(func=_cmd_train)
+    m = sub.add_parser(
+        "pretrain-image",
+        help="masked-image pre-training of the image tower alone; writes <train.out>/image_tower "
+        "for model.image.name",
+    )
+    add_config_args(m)
+    m.set_defaults(func=_cmd_pretrain_image)
     q = sub.add_parser(
         "export", help="checkpoint -> Hugging Face model folders (image tower, text tower, heads)"
     )

@@ -242,6 +242,33 @@ class DataConfig:
 
 
 @dataclass
+class ImagePretrainConfig:
+    """Masked-image pre-training of the image tower alone (``medlearn mama pretrain-image``).
+
+    Not part of MaMA: a way to give the tower learnt, local patch features before MaMA where no
+    pre-trained DINOv2 can be downloaded. The tower sees images with ``mask_ratio`` of their patches
+    replaced by the mask token and a linear head predicts every patch's pixels from its output token
+    (:mod:`medlearn.mama.image_pretrain`). ``train``, ``optim``, ``data`` and ``engine`` are shared
+    with ``medlearn mama train``.
+
+    Attributes:
+        mask_ratio: share of patches masked in each image, in (0, 1).
+        loss_patches: ``all`` (default) scores the prediction at every patch, so a visible patch's
+            token must keep its own content (local features); ``masked`` scores masked patches only,
+            as SimMIM.
+        normalise_targets: predict each patch's pixels standardised over the patch (MAE's
+            ``norm_pix_loss``); ``false`` predicts the normalised image values.
+        export_dir: where the tower is written as a Hugging Face model folder (load it with
+            ``model.image.name=<dir>``); empty = ``<train.out>/image_tower``.
+    """
+
+    mask_ratio: float = 0.4
+    loss_patches: Literal["all", "masked"] = "all"
+    normalise_targets: bool = True
+    export_dir: str = ""
+
+
+@dataclass
 class TrainConfig:
     """Length, cadence and output of pre-training (the same keys in every task).
 
@@ -277,6 +304,7 @@ class MamaConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    image_pretrain: ImagePretrainConfig = field(default_factory=ImagePretrainConfig)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -311,5 +339,7 @@ def validate(cfg: MamaConfig) -> None:
         raise ConfigError(f"train.max_steps must be >= 1, got {cfg.train.max_steps}")
     if len(cfg.optim.betas) != 2:
         raise ConfigError(f"optim.betas must have two values, got {cfg.optim.betas}")
+    if not 0.0 < cfg.image_pretrain.mask_ratio < 1.0:
+        raise ConfigError(f"image_pretrain.mask_ratio must be in (0, 1), got {cfg.image_pretrain.mask_ratio}")
     if cfg.model.image.image_size < 1:
         raise ConfigError(f"model.image.image_size must be positive, got {cfg.model.image.image_size}")
