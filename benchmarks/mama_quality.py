@@ -202,8 +202,8 @@ def evaluate_model(args: argparse.Namespace, ckpt: Path, prep: Path, out: Path, 
         "sla": enc.patch_features,
         "pixels": lambda im: pixel_patches(im, pg["grid"][0]),
     }
-    for name, feats in probes.items():
-        pr = patch_probe_pointing(feats, train_rows, test, root, size, max_test=args.max_pointing)
+    played = patch_probe_pointing(probes, train_rows, test, root, size, max_test=args.max_pointing)
+    for name, pr in played.items():
         row[f"probe_pointing_{name}"], row[f"probe_hits_{name}"] = pr["probe_pointing_game"], pr["hits"]
         row[f"probe_patch_auc_{name}"] = pr["patch_auc"]
     row.update(

@@ -164,6 +164,8 @@ def test_sla_logsumexp_pool_matches_loops_and_numpy_ce():
     cold = sla_scores(patches, sents, mask, pool="logsumexp", temperature=1e-5)  # -> the reference max
     for a, b in zip(cold, sla_scores(patches, sents, mask)):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-4)
+    with pytest.raises(ValueError, match="pool must be 'max' or 'logsumexp', got 'mean'"):
+        sla_scores(patches, sents, mask, pool="mean")
 
 
 def test_sla_chunked_equals_unchunked_values_and_gradients():

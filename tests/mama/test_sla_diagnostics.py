@@ -184,3 +184,22 @@ def test_patch_probe_points_where_the_features_carry_the_finding(tmp_path):
 
     res = D.patch_probe_pointing(position_only, train, test, tmp_path, SIZE)
     assert res["hits"] == [False, False, False]
+
+
+def test_patch_probe_plays_several_feature_sets_from_one_read(tmp_path):
+    """A mapping of feature callables gives each the result it gets alone, reading every image once."""
+    rng = np.random.default_rng(1)
+    train = _table_at(tmp_path, [tuple(c) for c in rng.integers(0, 8, (10, 2))], 4, "tr")
+    test = _table_at(tmp_path, [(6, 6), (1, 2)], 2, "te")
+    bright = _CellMeans(spread=False).patch_features
+    calls = []
+
+    def pixels(images):
+        calls.append(images.shape[0])
+        return D.pixel_patches(images, GRID)
+
+    both = D.patch_probe_pointing({"bright": bright, "pixels": pixels}, train, test, tmp_path, SIZE)
+    assert sum(calls) == 14 + 2  # every training image and every test image with an ROI, once
+    for name, fn in (("bright", bright), ("pixels", lambda im: D.pixel_patches(im, GRID))):
+        alone = D.patch_probe_pointing(fn, train, test, tmp_path, SIZE)
+        assert both[name]["hits"] == alone["hits"] and both[name]["patch_auc"] == alone["patch_auc"], name

@@ -24,6 +24,7 @@ All take the same prepared-table rows, images and boxes as
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -186,16 +187,60 @@ def pixel_patches(images: Tensor, grid: int) -> Tensor:
 
 
 def _probe_inputs(
-    features: Any, rows: list, image_root: str | Path, image_size: int, batch_size: int
-) -> tuple[np.ndarray, list[list[Box]]]:
-    """(N, P, D) features of ``rows`` ((row, crop) pairs) and their ROI boxes in input pixels."""
+    features: Mapping[str, Any], rows: list, image_root: str | Path, image_size: int, batch_size: int
+) -> tuple[dict[str, np.ndarray], list[list[Box]]]:
+    """{name: (N, P, D) features} of ``rows`` ((row, crop) pairs), each image loaded once, and their
+    ROI boxes in input pixels."""
     tfs = eval_transforms(image_size)
-    feats, boxes = [], []
+    feats: dict[str, list[np.ndarray]] = {name: [] for name in features}
+    boxes: list[list[Box]] = []
     for start in range(0, len(rows), batch_size):
-        loaded = [load_eval_input(r, c, image_root, tfs[c], image_size) for r, c in rows[start : start + batch_size]]
-        feats.append(features(torch.stack([img for img, _ in loaded])).float().cpu().numpy())
+        loaded = [
+            load_eval_input(r, c, image_root, tfs[c], image_size) for r, c in rows[start : start + batch_size]
+        ]
+        images = torch.stack([img for img, _ in loaded])
+        for name, fn in features.items():
+            feats[name].append(fn(images).float().cpu().numpy())
         boxes += [b for _, b in loaded]
-    return np.concatenate(feats), boxes
+    return {name: np.concatenate(v) for name, v in feats.items()}, boxes
+
+
+def _probe_play(
+    x_train: np.ndarray, train_boxes: list, x_test: np.ndarray, test_boxes: list, image_size: int, c: float
+) -> dict[str, Any]:
+    """Fit the patch probe on (N, P, D) training features and play the pointing game on the test ones."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from medlearn.mama.eval.localisation import pointing_hit
+
+    n, p, d = x_train.shape
+    g = int(round(p**0.5))
+    if g * g != p:
+        raise ValueError(f"patch_probe_pointing: {p} patches do not form a square grid")
+    hw = (image_size, image_size)
+    y_train = np.stack(
+        [hit_cells(b, (g, g), hw).reshape(-1) if b else np.zeros(p, bool) for b in train_boxes]
+    )
+    if not y_train.any() or not len(x_test):
+        return {"probe_pointing_game": float("nan"), "hits": [], "patch_auc": float("nan"), "n": 0,
+                "n_train_images": n, "n_train_positive_patches": int(y_train.sum())}  # fmt: skip
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=2000))
+    probe.fit(x_train.reshape(n * p, d), y_train.reshape(-1))
+    scores = probe.decision_function(x_test.reshape(-1, d)).reshape(len(x_test), g, g)
+    keep = [i for i, b in enumerate(test_boxes) if b]
+    hits = [bool(pointing_hit(scores[i], test_boxes[i], hw)) for i in keep]
+    y_test = np.stack([hit_cells(test_boxes[i], (g, g), hw) for i in keep])
+    return {
+        "probe_pointing_game": float(np.mean(hits)) if hits else float("nan"),
+        "hits": hits,
+        "patch_auc": float(roc_auc_score(y_test.reshape(-1), scores[keep].reshape(-1))),
+        "n": len(hits),
+        "n_train_images": n,
+        "n_train_positive_patches": int(y_train.sum()),
+    }
 
 
 @torch.no_grad()
@@ -222,43 +267,24 @@ def patch_probe_pointing(
 
     Args:
         features: callable (B, 3, S, S) images -> (B, P, D) patch features, P a square grid
-            (e.g. the image tower's patch tokens, or :func:`pixel_patches`).
+            (e.g. the image tower's patch tokens, or :func:`pixel_patches`); or a mapping of names
+            to such callables, which reads every image once for all of them.
         train_table, test_table: prepared-table rows (as :func:`~medlearn.mama.eval.localisation.evaluate_pointing`).
     Returns:
         ``probe_pointing_game``, ``hits`` (per test image with ROIs), ``patch_auc`` (ROC AUC of
-        the probe over the test patches), ``n_train_images``, ``n_train_positive_patches``, ``n``.
+        the probe over the test patches), ``n_train_images``, ``n_train_positive_patches``, ``n``;
+        for a mapping, {name: that dict}.
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    from medlearn.mama.eval.localisation import pointing_hit
-
+    single = callable(features)
+    named = {"": features} if single else dict(features)
     train = eval_rows(train_table, recrop)[:max_train]
     test = [rc for rc in eval_rows(test_table, recrop) if has_roi(rc[0])][:max_test]
-    x_train, train_boxes = _probe_inputs(features, train, image_root, image_size, batch_size)
-    n, p, d = x_train.shape
-    g = int(round(p**0.5))
-    if g * g != p:
-        raise ValueError(f"patch_probe_pointing: {p} patches do not form a square grid")
-    hw = (image_size, image_size)
-    y_train = np.stack([hit_cells(b, (g, g), hw).reshape(-1) if b else np.zeros(p, bool) for b in train_boxes])
-    if not y_train.any() or not test:
-        return {"probe_pointing_game": float("nan"), "hits": [], "patch_auc": float("nan"), "n": 0,
-                "n_train_images": n, "n_train_positive_patches": int(y_train.sum())}  # fmt: skip
-    probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=2000))
-    probe.fit(x_train.reshape(n * p, d), y_train.reshape(-1))
-    x_test, test_boxes = _probe_inputs(features, test, image_root, image_size, batch_size)
-    scores = probe.decision_function(x_test.reshape(-1, d)).reshape(len(test), g, g)
-    keep = [i for i, b in enumerate(test_boxes) if b]
-    hits = [bool(pointing_hit(scores[i], test_boxes[i], hw)) for i in keep]
-    y_test = np.stack([hit_cells(test_boxes[i], (g, g), hw) for i in keep])
-    return {
-        "probe_pointing_game": float(np.mean(hits)) if hits else float("nan"),
-        "hits": hits,
-        "patch_auc": float(roc_auc_score(y_test.reshape(-1), scores[keep].reshape(-1))),
-        "n": len(hits),
-        "n_train_images": n,
-        "n_train_positive_patches": int(y_train.sum()),
+    x_train, train_boxes = _probe_inputs(named, train, image_root, image_size, batch_size)
+    if test:
+        x_test, test_boxes = _probe_inputs(named, test, image_root, image_size, batch_size)
+    else:
+        x_test, test_boxes = {name: np.zeros((0,)) for name in named}, []
+    out = {
+        name: _probe_play(x_train[name], train_boxes, x_test[name], test_boxes, image_size, c) for name in named
     }
+    return out[""] if single else out

@@ -151,7 +151,11 @@ def sla_scores(
         t2i (Ni, Nt): for each sentence the best patch, averaged over the report's sentences;
         i2t (Ni, Nt): for each patch the best sentence, averaged over the patches (0 for a report
         without sentences).
+    Raises:
+        ValueError: for a ``pool`` other than ``max`` and ``logsumexp``.
     """
+    if pool not in ("max", "logsumexp"):
+        raise ValueError(f"sla_scores: pool must be 'max' or 'logsumexp', got {pool!r}")
     valid = sentence_mask.to(patches.dtype)  # (Nt, S)
     n_sent = valid.sum(dim=1).clamp_min(1.0)  # (Nt,)
     has_sent = sentence_mask.any(dim=1)  # (Nt,)
