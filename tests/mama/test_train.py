@@ -168,3 +168,37 @@ def test_batch_grouping_by_exam_keeps_exams_together(prepared, tmp_path, monkeyp
     plain = _exam_sequence(prepared, tmp_path / "none", monkeypatch, "none")
     flat = [e for batch in plain for e in batch]
     assert sum(1 for k in range(len(flat)) if k == 0 or flat[k] != flat[k - 1]) > len(set(flat))
+
+
+def test_image_lr_scale_gives_the_backbone_its_own_rate(tmp_path):
+    """Adam's first step moves every weight with a gradient by its group's learning rate (sign of g
+    times lr, weight decay off): the image parameters by lr x image_lr_scale, the others by lr."""
+    from medlearn.mama.train import build_optimizer
+
+    cfg = tiny_config(tmp_path, "optim.image_lr_scale=0.1", "optim.weight_decay=0.0", "optim.lr=0.01")
+    head, image = torch.nn.Parameter(torch.zeros(5)), torch.nn.Parameter(torch.zeros(4))
+    opt = build_optimizer([head, image], cfg, [image])
+    (head * torch.arange(1.0, 6.0)).sum().backward()
+    (image * -torch.arange(1.0, 5.0)).sum().backward()
+    opt.step()
+    torch.testing.assert_close(head.detach(), torch.full((5,), -0.01), rtol=1e-5, atol=0)
+    torch.testing.assert_close(image.detach(), torch.full((4,), 0.001), rtol=1e-5, atol=0)
+    same = build_optimizer([head, image], tiny_config(tmp_path), [image])
+    assert len(same.param_groups) == 1  # scale 1: the reference's single group
+    with pytest.raises(Exception, match=r"optim\.image_lr_scale must be > 0"):
+        tiny_config(tmp_path, "optim.image_lr_scale=0")
+
+
+def test_training_uses_the_image_lr_scale(prepared, tmp_path):
+    cfg = tiny_config(
+        tmp_path, "train.max_steps=1", "train.val_every=0", "engine.ckpt_every=1", "optim.image_lr_scale=0.25",
+        "optim.schedule=constant", "optim.warmup_steps=0", f"data.prepared_dir={prepared}",
+    )  # fmt: skip
+    summary = train(cfg, deterministic_datasets(prepared, cfg.model.image.image_size))
+    state = torch.load(f"{summary['final']}/state.pt", weights_only=False)
+    groups = state["optimizers"]["adamw"]["param_groups"]
+    assert [g["lr"] for g in groups] == pytest.approx([cfg.optim.lr, 0.25 * cfg.optim.lr])
+    seed_everything(cfg.engine.seed)
+    model = MamaModel(cfg.model, cfg.loss)
+    n_image = sum(1 for p in model.image.parameters() if p.requires_grad)
+    assert len(groups[1]["params"]) == n_image

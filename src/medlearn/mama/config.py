@@ -198,7 +198,11 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with cosine schedule and linear warm-up (paper: lr 4e-5, wd 0.1, 4000 warm-up)."""
+    """AdamW with cosine schedule and linear warm-up (paper: lr 4e-5, wd 0.1, 4000 warm-up).
+
+    ``image_lr_scale`` multiplies the learning rate of the image backbone (1 = one rate for
+    everything, as the paper; below 1 fine-tunes a pre-trained tower more gently than the new heads).
+    """
 
     lr: float = 4e-5
     weight_decay: float = 0.1
@@ -207,6 +211,7 @@ class OptimConfig:
     warmup_steps: int = 4000
     min_ratio: float = 0.0
     fused: bool = False
+    image_lr_scale: float = 1.0
 
 
 @dataclass
@@ -339,6 +344,8 @@ def validate(cfg: MamaConfig) -> None:
         raise ConfigError(f"train.max_steps must be >= 1, got {cfg.train.max_steps}")
     if len(cfg.optim.betas) != 2:
         raise ConfigError(f"optim.betas must have two values, got {cfg.optim.betas}")
+    if cfg.optim.image_lr_scale <= 0:
+        raise ConfigError(f"optim.image_lr_scale must be > 0, got {cfg.optim.image_lr_scale}")
     if not 0.0 < cfg.image_pretrain.mask_ratio < 1.0:
         raise ConfigError(f"image_pretrain.mask_ratio must be in (0, 1), got {cfg.image_pretrain.mask_ratio}")
     if cfg.model.image.image_size < 1:

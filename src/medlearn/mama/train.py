@@ -184,12 +184,25 @@ def needs_unused_detection(cfg: MamaConfig) -> bool:
     return lo.late_loss > 0 or not (lo.clip and lo.nt_xent and lo.clip_extra and lo.sla)
 
 
-def build_optimizer(params: list[torch.nn.Parameter], cfg: MamaConfig) -> torch.optim.Optimizer:
-    """AdamW over ``params`` (every parameter trainable in the late phase)."""
+def build_optimizer(
+    params: list[torch.nn.Parameter], cfg: MamaConfig, image_params: list[torch.nn.Parameter] | None = None
+) -> torch.optim.Optimizer:
+    """AdamW over ``params`` (every parameter trainable in the late phase).
+
+    ``image_params`` (a subset of ``params``, the image backbone's) get ``optim.lr`` x
+    ``optim.image_lr_scale`` in a group of their own when that scale is not 1; the schedule scales
+    both groups alike.
+    """
     o = cfg.optim
     kwargs: dict[str, Any] = {"lr": o.lr, "weight_decay": o.weight_decay, "betas": tuple(o.betas)}
     if o.fused:
         kwargs["fused"] = True
+    if image_params and o.image_lr_scale != 1.0:
+        ids = {id(p) for p in image_params}
+        rest = [p for p in params if id(p) not in ids]
+        image = [p for p in params if id(p) in ids]
+        groups = [{"params": rest}, {"params": image, "lr": o.lr * o.image_lr_scale}]
+        return torch.optim.AdamW(groups, **kwargs)
     return torch.optim.AdamW(params, **kwargs)
 
 
@@ -263,7 +276,7 @@ class MamaHooks(TrainHooks):
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.counts = count_trainable(model)
         log.info("trainable parameters: %s; device %s", self.counts, describe_device(acc))
-        optimizer = build_optimizer(self.params, cfg)
+        optimizer = build_optimizer(self.params, cfg, list(model.image.parameters()))
         compile_modules(cfg.engine, model.image, model.text)  # in place; peft's LoRA layers included
         o = cfg.optim
         self.scheduler = build_scheduler(
