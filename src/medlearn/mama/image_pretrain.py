@@ -32,7 +32,6 @@ from torch.utils.data import DataLoader, Dataset
 from medlearn.engine import backward_and_step, build_scheduler, seed_everything
 from medlearn.engine.compile import compile_modules
 from medlearn.engine.loop import LoopSpec, Run, TrainHooks, fit, prepare_run
-from medlearn.errors import ConfigError
 from medlearn.mama.config import ImagePretrainConfig, ImageTowerConfig, MamaConfig
 
 log = logging.getLogger(__name__)
@@ -119,17 +118,12 @@ class ImagePretrainHooks(TrainHooks):
 
     def __init__(self, cfg: MamaConfig, run: Run, datasets: tuple[Dataset, Dataset] | None = None) -> None:
         from medlearn.mama.data.dataset import collate_mammo
-        from medlearn.mama.train import MamaData, build_datasets, build_optimizer
+        from medlearn.mama.train import MamaData, build_optimizer, training_sets
 
         acc = run.accelerator
         self.cfg, self.accelerator = cfg, acc
-        train_ds, self.val_ds = datasets if datasets is not None else build_datasets(cfg)
+        train_ds, self.val_ds = training_sets(cfg, acc, datasets)
         b = cfg.data.batch_size
-        if len(train_ds) < b * acc.num_processes:
-            raise ConfigError(
-                f"training set has {len(train_ds)} items, fewer than one batch of data.batch_size="
-                f"{b} per process ({acc.num_processes} processes)"
-            )
         seed_everything(cfg.engine.seed)
         model = MaskedImageModel(cfg.model.image)
         seed_everything(cfg.engine.seed + 1000 * acc.process_index)

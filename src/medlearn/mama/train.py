@@ -88,6 +88,24 @@ def build_datasets(cfg: MamaConfig) -> tuple[Dataset, Dataset]:
     return parts["train"], parts["val"]
 
 
+def training_sets(
+    cfg: MamaConfig, accelerator: Any, datasets: tuple[Dataset, Dataset] | None = None
+) -> tuple[Dataset, Dataset]:
+    """``datasets`` or :func:`build_datasets`, checked to hold one batch per process.
+
+    Raises:
+        ConfigError: when the training set is smaller than ``data.batch_size`` x processes.
+    """
+    train_ds, val_ds = datasets if datasets is not None else build_datasets(cfg)
+    b, n = cfg.data.batch_size, accelerator.num_processes
+    if len(train_ds) < b * n:
+        raise ConfigError(
+            f"training set has {len(train_ds)} items, fewer than one batch of data.batch_size="
+            f"{b} per process ({n} processes)"
+        )
+    return train_ds, val_ds
+
+
 def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
     """The data package's ``collate_mammo`` (stacked images, list of reports)."""
     from medlearn.mama.data.dataset import collate_mammo
@@ -262,13 +280,8 @@ class MamaHooks(TrainHooks):
     ) -> None:
         acc = run.accelerator
         self.cfg, self.accelerator = cfg, acc
-        train_ds, self.val_ds = datasets if datasets is not None else build_datasets(cfg)
+        train_ds, self.val_ds = training_sets(cfg, acc, datasets)
         b = cfg.data.batch_size
-        if len(train_ds) < b * acc.num_processes:
-            raise ConfigError(
-                f"training set has {len(train_ds)} items, fewer than one batch of data.batch_size="
-                f"{b} per process ({acc.num_processes} processes)"
-            )
         seed_everything(cfg.engine.seed)  # identical initial weights on every process
         model = MamaModel(cfg.model, cfg.loss)
         seed_everything(cfg.engine.seed + 1000 * acc.process_index)  # own dropout/augmentation draws
