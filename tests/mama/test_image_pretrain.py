@@ -4,10 +4,13 @@ whose exported folder loads as ``model.image.name``, with exact resume."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from tests.harness import assert_same_weights, run_cli, weights
 
 from medlearn.engine import read_metrics
 from medlearn.errors import ConfigError
@@ -134,3 +137,26 @@ def test_resume_continues_identically(run_a, prepared, tmp_path):
     b = load_file(f"{resumed['final']}/model_mim.safetensors")
     for k in a:
         torch.testing.assert_close(b[k], a[k], msg=k)
+
+
+def test_two_processes_equal_one(prepared, tmp_path):
+    """``medlearn mama pretrain-image`` under torchrun (2 gloo processes x 4 images) equals one process
+    x 8 images: same items, same masks (drawn for the whole batch, each process takes its rows),
+    gradients averaged by DDP. Tolerance as in ``test_ddp_train.py`` (float32 all-reduce order)."""
+    common = ["mama", "pretrain-image", "--config", "tiny", f"data.prepared_dir={prepared}", "train.max_steps=3",
+              "train.val_every=0", "engine.log_every=1"]  # fmt: skip
+    run_cli([*common, f"train.out={tmp_path / 'one'}", "data.batch_size=8"], timeout=240)
+    run_cli([*common, f"train.out={tmp_path / 'two'}", "data.batch_size=4"], nproc=2, timeout=240)
+
+    def losses(run):
+        recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        return {r["step"]: r["mim_loss"] for r in recs if "mim_loss" in r}
+
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(one) == sorted(two) == [1, 2, 3]
+    for step, value in one.items():
+        assert two[step] == pytest.approx(value, rel=1e-4), step
+    a, b = (weights(tmp_path / f / "checkpoints" / "final", "mim") for f in ("one", "two"))
+    assert_same_weights(a, b, atol=5e-5)
+    assert (tmp_path / "two" / "image_tower" / "config.json").is_file()
+    assert not list((tmp_path / "two").glob(".image_tower*"))  # no temporary folder left behind

@@ -108,9 +108,9 @@ class MaskedImageModel(nn.Module):
         return masked_patch_loss(self(images, mask), target, mask, cfg.loss_patches)
 
 
-def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    """The mask generator of one optimizer step on one process (so resume draws the same masks)."""
-    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step) * 1009 + int(rank))
+def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
+    """The mask generator of one micro-batch of one optimizer step (resume draws the same masks)."""
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step) * 1009 + int(micro))
 
 
 class ImagePretrainHooks(TrainHooks):
@@ -157,6 +157,7 @@ class ImagePretrainHooks(TrainHooks):
         self.schedulers = {"lr": self.scheduler}
         self.accumulate = [self.ddp_model]
         self.samples_per_step = b * acc.num_processes * cfg.engine.grad_accum_steps
+        self._step, self._micro = -1, 0  # the optimizer step and micro-batch of the last train_step
 
     def _mask(self, batch: int, generator: torch.Generator) -> Tensor:
         n = (self.cfg.model.image.image_size // self.model.patch) ** 2
@@ -165,8 +166,15 @@ class ImagePretrainHooks(TrainHooks):
     def train_step(self, batch: dict[str, Any], step: int) -> dict[str, Tensor]:
         acc = self.accelerator
         images = batch["image"].to(acc.device, non_blocking=True)
-        gen = step_generator(self.cfg.engine.seed, step, acc.process_index)
-        mask = self._mask(images.shape[0], gen).to(acc.device)
+        self._micro = self._micro + 1 if step == self._step else 0
+        self._step = step
+        # masks drawn for the whole (all-process) micro-batch; this process takes the rows of its items:
+        # the sampler deals item i of a step's global order to rank i % N, so N processes x B images
+        # draw exactly what one process with N x B images draws
+        gen = step_generator(self.cfg.engine.seed, step, self._micro)
+        n = acc.num_processes
+        mask = self._mask(images.shape[0] * n, gen)[acc.process_index :: n]
+        mask = mask.to(acc.device)
         with acc.autocast():
             target = patch_targets(
                 patchify(images.float(), self.model.patch), self.cfg.image_pretrain.normalise_targets
