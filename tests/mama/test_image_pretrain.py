@@ -22,6 +22,7 @@ from medlearn.mama.image_pretrain import (
     patchify,
     pretrain_image,
     random_patch_mask,
+    reconstruction_loss,
 )
 from medlearn.mama.modeling.image_tower import ImageTower
 
@@ -73,6 +74,28 @@ def test_masked_patch_loss_hand_computed():
     mask = torch.tensor([[True, False, True]])
     assert masked_patch_loss(pred, target, mask, "all").item() == pytest.approx(1.0)
     assert masked_patch_loss(pred, target, mask, "masked").item() == pytest.approx(0.5)
+
+
+def test_reconstruction_loss_follows_the_config_like_numpy():
+    """``loss_patches`` and ``normalise_targets`` against a numpy computation of the same definition."""
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(2, 3, 8, 16))
+    pred = rng.normal(size=(2, 2, 8 * 8 * 3))
+    mask = np.array([[True, False], [False, False]])
+    cells = [
+        images[b, :, :, 8 * k : 8 * (k + 1)].transpose(1, 2, 0).reshape(-1)
+        for b in range(2)
+        for k in range(2)
+    ]
+    raw = np.stack(cells).reshape(2, 2, -1)
+    std = (raw - raw.mean(-1, keepdims=True)) / np.sqrt(raw.var(-1, keepdims=True) + 1e-6)
+    for loss_patches, norm in (("all", True), ("all", False), ("masked", True), ("masked", False)):
+        target = std if norm else raw
+        per_patch = ((pred - target) ** 2).mean(-1)
+        expected = per_patch.mean() if loss_patches == "all" else per_patch[mask].mean()
+        cfg = ImagePretrainConfig(loss_patches=loss_patches, normalise_targets=norm)
+        got = reconstruction_loss(torch.tensor(pred), torch.tensor(images), torch.tensor(mask), 8, cfg)
+        assert got.item() == pytest.approx(expected, rel=1e-6), (loss_patches, norm)
 
 
 def test_fully_masked_input_ignores_the_pixels():
@@ -128,11 +151,15 @@ def test_pretraining_lowers_the_validation_loss_and_exports_a_loadable_tower(run
 
 def test_resume_continues_identically(run_a, prepared, tmp_path):
     _, summary_a = run_a
-    cfg = tiny_config(tmp_path, *STEPS, f"data.prepared_dir={prepared}")
+    export = tmp_path / "towers" / "mim"
+    cfg = tiny_config(
+        tmp_path, *STEPS, f"data.prepared_dir={prepared}", f"image_pretrain.export_dir={export}"
+    )
     stopped = pretrain_image(cfg, stop_at=3)
     assert stopped["step"] == 3 and stopped["image_tower"] is None
     resumed = pretrain_image(cfg)
     assert resumed["step"] == 8
+    assert resumed["image_tower"] == str(export) and (export / "model.safetensors").is_file()
     a = load_file(f"{summary_a['final']}/model_mim.safetensors")
     b = load_file(f"{resumed['final']}/model_mim.safetensors")
     for k in a:

@@ -79,6 +79,14 @@ def masked_patch_loss(pred: Tensor, target: Tensor, mask: Tensor, on: str) -> Te
     return (per_patch * weight).sum() / weight.sum().clamp_min(1.0)
 
 
+def reconstruction_loss(
+    pred: Tensor, images: Tensor, mask: Tensor, patch: int, cfg: ImagePretrainConfig
+) -> Tensor:
+    """The configured loss of predicted patch pixels (B, P, D) for ``images`` (B, C, H, W) (scalar)."""
+    target = patch_targets(patchify(images.float(), patch), cfg.normalise_targets)
+    return masked_patch_loss(pred, target, mask, cfg.loss_patches)
+
+
 class MaskedImageModel(nn.Module):
     """The image tower's backbone plus a linear pixel head for masked-image pre-training.
 
@@ -104,8 +112,7 @@ class MaskedImageModel(nn.Module):
 
     def loss(self, images: Tensor, mask: Tensor, cfg: ImagePretrainConfig) -> Tensor:
         """The configured reconstruction loss of one batch (scalar)."""
-        target = patch_targets(patchify(images.float(), self.patch), cfg.normalise_targets)
-        return masked_patch_loss(self(images, mask), target, mask, cfg.loss_patches)
+        return reconstruction_loss(self(images, mask), images, mask, self.patch, cfg)
 
 
 def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
@@ -176,11 +183,8 @@ class ImagePretrainHooks(TrainHooks):
         mask = self._mask(images.shape[0] * n, gen)[acc.process_index :: n]
         mask = mask.to(acc.device)
         with acc.autocast():
-            target = patch_targets(
-                patchify(images.float(), self.model.patch), self.cfg.image_pretrain.normalise_targets
-            )
             pred = self.ddp_model(images, mask)
-            loss = masked_patch_loss(pred, target, mask, self.cfg.image_pretrain.loss_patches)
+            loss = reconstruction_loss(pred, images, mask, self.model.patch, self.cfg.image_pretrain)
             backward_and_step(
                 acc, loss, self.optimizer, self.scheduler, self.params, self.cfg.engine.grad_clip
             )
