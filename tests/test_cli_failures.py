@@ -94,8 +94,20 @@ def test_mrsi_train_failing_on_a_corrupt_file_leaves_no_run_folder(tmp_path: Pat
 
 
 # ------------------------------------------------------------------ item 6: exit status 130/143
-def _stop_with(signum: int, args: list[str], ready: Path, cwd: Path, timeout: float = 240) -> int:
-    """Start the CLI, send ``signum`` to it once ``ready`` exists, return its exit status."""
+def _latest_step(checkpoints: Path) -> int:
+    """The step named by ``checkpoints/LATEST`` (-1 while there is none)."""
+    try:
+        name = (checkpoints / "LATEST").read_text().strip()
+    except OSError:
+        return -1
+    return int(name.removeprefix("step_")) if name.removeprefix("step_").isdigit() else -1
+
+
+def _stop_with(signum: int, args: list[str], checkpoints: Path, cwd: Path, timeout: float = 240) -> int:
+    """Start the CLI, send ``signum`` to it once ``checkpoints`` holds step 2 or later, return its exit status.
+
+    Polls ``LATEST``, not the ``step_00000002`` folder: with ``engine.keep_last=2`` a fast run deletes
+    that folder a few milliseconds after writing it, so a poll could miss it and wait forever."""
     proc = subprocess.Popen(
         cli_command(args),
         env=cli_env(),
@@ -106,13 +118,13 @@ def _stop_with(signum: int, args: list[str], ready: Path, cwd: Path, timeout: fl
     )
     try:
         start = time.time()
-        while not ready.exists():
+        while _latest_step(checkpoints) < 2:
             assert proc.poll() is None, f"finished before the signal:\n{proc.stderr.read()[-3000:]}"
             assert time.time() - start < timeout, "checkpoint not reached in time"
             time.sleep(0.05)
         proc.send_signal(signum)
-        code = proc.wait(timeout=120)
-        err = proc.stderr.read()
+        _, err = proc.communicate(timeout=120)  # reads stderr while waiting: a full pipe cannot block it
+        code = proc.returncode
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -127,7 +139,7 @@ def test_mrsi_train_stopped_by_signal_exits_128_plus_signal(tmp_path: Path, sign
     out = tmp_path / "run"
     args = ["mrsi", "train", "--config", "tiny", f"data.root={root}", f"train.out={out}", *MRSI_SMALL,
             "train.epochs=100000"]  # fmt: skip
-    code = _stop_with(signum, args, out / "checkpoints" / "step_00000002", tmp_path)
+    code = _stop_with(signum, args, out / "checkpoints", tmp_path)
     assert code == 128 + int(signum)  # 143 for SIGTERM, 130 for SIGINT
     ckpts = out / "checkpoints"
     assert (ckpts / "LATEST").is_file() and not (ckpts / "final").exists()
@@ -141,6 +153,6 @@ def test_itl_train_stopped_by_sigterm_exits_143(tmp_path: Path) -> None:
     args = ["itl", "train", "--config", "tiny", f"data.root={root}", "data.sites=[RUNMC,BMC]",
             f"train.out={out}", "train.steps_per_phase=100000", "engine.ckpt_every=1"]  # fmt: skip
     phase = out / "phases" / "phase_00"
-    code = _stop_with(signal.SIGTERM, args, phase / "step_00000002", tmp_path)
+    code = _stop_with(signal.SIGTERM, args, phase, tmp_path)
     assert code == 143
     assert (phase / "LATEST").is_file() and not (out / "phases" / "phase_01").exists()
