@@ -91,28 +91,30 @@ def make_data(args: argparse.Namespace, out: Path) -> Path:
 
 def pretrained_tower(args: argparse.Namespace, out: Path, prep: Path) -> Path | None:
     """``--image-pretrain-steps`` > 0: the image tower after masked-image pre-training on the training
-    split (``medlearn mama pretrain-image``'s path, seed 0, cached under ``out``); else None."""
+    split (``medlearn mama pretrain-image``'s path, seed 0, run under ``out``); else None."""
     n = args.image_pretrain_steps
     if n <= 0:
         return None
     from medlearn.mama.image_pretrain import pretrain_image
 
     run = out / f"image_pretrain_{n}"
-    tower = run / "image_tower"
-    if not (tower / "config.json").is_file():
-        cfg = load_config(
-            MamaConfig,
-            ROOT / "configs" / "mama" / "demo.yaml",
-            [
-                f"train.out={run}", f"data.prepared_dir={prep}", f"train.max_steps={n}", f"train.val_every={max(1, n // 6)}",
-                f"optim.warmup_steps={max(1, n // 30)}", f"data.batch_size={args.image_pretrain_batch}",
-                f"model.image.image_size={args.image_size}", f"engine.device={args.device}", "engine.progress=false",
-                f"engine.ckpt_every={max(1, n // 6)}", "engine.seed=0", f"engine.num_threads={args.threads}",
-                *args.image_pretrain_override,
-            ],
-        )  # fmt: skip
-        pretrain_image(cfg)
-    return tower
+    # always through pretrain_image: a finished run only re-exports (seconds), and the run guard
+    # refuses a cached run whose settings differ instead of silently reusing its tower
+    cfg = load_config(
+        MamaConfig,
+        ROOT / "configs" / "mama" / "demo.yaml",
+        [
+            f"train.out={run}", f"data.prepared_dir={prep}", f"train.max_steps={n}", f"train.val_every={max(1, n // 6)}",
+            f"optim.warmup_steps={max(1, n // 30)}", f"data.batch_size={args.image_pretrain_batch}",
+            f"model.image.image_size={args.image_size}", f"engine.device={args.device}", "engine.progress=false",
+            f"engine.ckpt_every={max(1, n // 6)}", "engine.seed=0", f"engine.num_threads={args.threads}",
+            *args.image_pretrain_override,
+        ],
+    )  # fmt: skip
+    summary = pretrain_image(cfg)
+    if not summary["image_tower"]:
+        raise SystemExit(f"image-tower pre-training stopped at step {summary['step']}; rerun to resume it")
+    return Path(summary["image_tower"])
 
 
 def late_loss(args: argparse.Namespace) -> int:

@@ -20,24 +20,26 @@ def _load(args: argparse.Namespace) -> Any:
     return load_task_config("mama", args)
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
+def _run_training(fn: Any, args: argparse.Namespace) -> int:
+    """Run a training function on the task config; print its summary; exit 0, or 130/143 when signalled."""
     from medlearn.engine.loop import exit_status
-    from medlearn.mama.train import train
 
-    summary = train(_load(args))
+    summary = fn(_load(args))
     print(json.dumps({k: v for k, v in summary.items() if k != "metrics"}, indent=2))
     print(json.dumps(summary["metrics"], indent=2))
     return exit_status(summary)  # 130/143 when SIGINT/SIGTERM stopped it
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from medlearn.mama.train import train
+
+    return _run_training(train, args)
+
+
 def _cmd_pretrain_image(args: argparse.Namespace) -> int:
-    from medlearn.engine.loop import exit_status
     from medlearn.mama.image_pretrain import pretrain_image
 
-    summary = pretrain_image(_load(args))
-    print(json.dumps({k: v for k, v in summary.items() if k != "metrics"}, indent=2))
-    print(json.dumps(summary["metrics"], indent=2))
-    return exit_status(summary)
+    return _run_training(pretrain_image, args)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
