@@ -13,6 +13,8 @@ from medlearn.mama.modeling.losses import (
     mama_loss,
     nt_xent_loss,
     report_keys,
+    sentence_keys,
+    shared_sentences,
     sla_loss,
     sla_scores,
     soft_max_pool,
@@ -237,3 +239,98 @@ def test_mama_loss_gating_and_weights():
     assert soft["sla_i2t"].item() == pytest.approx(_np_ce_rows(scale * si2t, idx) + _np_ce_rows(scale * si2t.T, idx), rel=1e-5)
     only_clip = mama_loss(out, LossConfig(nt_xent=False, clip_extra=False, sla=False), late=True)
     assert set(only_clip) == {"clip", "loss"}
+
+
+# ---------------------------------------------------------------- sentences shared between reports
+def test_sentence_keys_follow_the_towers_sentence_slots():
+    from transformers import AutoTokenizer
+
+    from medlearn.mama.modeling.text_tower import ReportTokenizer, minilm_dir, sentence_states
+
+    rt = ReportTokenizer(AutoTokenizer.from_pretrained(str(minilm_dir())), "encoder", 64)
+    reports = [
+        "Breast composition: dense. There is an oval mass. Impressions: benign.",
+        "Breast composition: fatty. There is an oval mass. Impressions: benign.",
+        "Breast composition: dense. Findings: none.",
+    ]
+    batch = rt(reports)
+    keys = sentence_keys(batch["input_ids"], batch["attention_mask"], rt.sep_id)
+    is_sep = (batch["input_ids"] == rt.sep_id) & batch["attention_mask"].bool()
+    _, slot_mask = sentence_states(torch.zeros(3, batch["input_ids"].shape[1], 1), is_sep)
+    assert keys.shape == slot_mask.shape
+    assert torch.equal(keys != 0, slot_mask)  # one key per sentence slot of the tower
+    # the same words in the same slot or another slot give the same key; other words another key
+    assert keys[0, 1] == keys[1, 1] and keys[0, 2] == keys[1, 2]
+    assert keys[0, 0] == keys[2, 0] and keys[0, 0] != keys[1, 0]
+    assert len({int(k) for k in keys[2, :2]} & {int(k) for k in keys[1]}) == 0
+    shared = shared_sentences(keys, 4)  # one slot more than any report has
+    expected = torch.zeros(3, 3, 4, dtype=torch.bool)
+    expected[1, 0, 1] = expected[1, 0, 2] = expected[0, 1, 1] = expected[0, 1, 2] = True  # mass, impressions
+    expected[2, 0, 0] = expected[0, 2, 0] = True  # "dense"
+    assert torch.equal(shared, expected)
+
+
+def _loop_sla_loss_detached(p: torch.Tensor, s: torch.Tensor, mask: torch.Tensor, shared: torch.Tensor, scale: float):
+    """Both SLA terms from explicit loops; similarities of shared (k, i, j) taken from detached copies."""
+    n = len(p)
+    t2i = [[None] * n for _ in range(n)]
+    i2t = [[None] * n for _ in range(n)]
+    for k in range(n):
+        for i in range(n):
+            cols = []
+            for j in range(s.shape[1]):
+                if not mask[i, j]:
+                    continue
+                pk, sij = (p[k].detach(), s[i, j].detach()) if shared[k, i, j] else (p[k], s[i, j])
+                cols.append(pk @ sij)  # (P,)
+            sim = torch.stack(cols, dim=1)  # (P, S_i)
+            t2i[k][i] = torch.stack([sim[:, c].max() for c in range(sim.shape[1])]).mean()
+            i2t[k][i] = torch.stack([sim[q, :].max() for q in range(sim.shape[0])]).mean()
+    target = torch.arange(n)
+    total = 0
+    for scores in (t2i, i2t):
+        m = torch.stack([torch.stack(row) for row in scores]) * scale
+        total = total + F.cross_entropy(m, target) + F.cross_entropy(m.T, target)
+    return total
+
+
+def test_sla_detached_shared_sentences_match_loops():
+    patches, sents, mask = _sla_inputs()
+    shared = torch.zeros(5, 5, 4, dtype=torch.bool)
+    shared[1, 0, 2] = shared[0, 1, 0] = shared[3, 0, 1] = shared[4, 3, 0] = shared[2, 4, 1] = True
+    grads = []
+    for fn in ("vectorised", "loops"):
+        p, s = patches.clone().requires_grad_(True), sents.clone().requires_grad_(True)
+        if fn == "vectorised":
+            lt, li = sla_loss(p, s, mask, torch.tensor(3.0, dtype=torch.float64), chunk=2, shared=shared)
+            loss = lt + li
+        else:
+            loss = _loop_sla_loss_detached(p, s, mask, shared, 3.0)
+        loss.backward()
+        grads.append((loss.detach(), p.grad.clone(), s.grad.clone()))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # the values are the reference's; only the gradients change
+    lt0, li0 = sla_loss(patches, sents, mask, torch.tensor(3.0, dtype=torch.float64), chunk=2)
+    assert grads[0][0].item() == pytest.approx((lt0 + li0).item(), rel=1e-12)
+    p0, s0 = patches.clone().requires_grad_(True), sents.clone().requires_grad_(True)
+    sum(sla_loss(p0, s0, mask, torch.tensor(3.0, dtype=torch.float64), chunk=2)).backward()
+    assert not torch.allclose(p0.grad, grads[0][1])
+
+
+def test_mama_loss_shared_sentences_switch():
+    out = _outputs(b=5)
+    keys = torch.tensor([[1, 2, 3, 4], [1, 5, 0, 0], [6, 0, 0, 0], [1, 2, 7, 0], [8, 5, 0, 0]])
+    cfg = LossConfig(sla_shared_sentences="detach")
+    with pytest.raises(ValueError, match="sentence keys"):
+        mama_loss(out, cfg, late=True)
+    outs = {k: (v.clone().requires_grad_(True) if k in ("patches", "sentences") else v) for k, v in out.items()}
+    detached = mama_loss(outs, cfg, late=True, sentence_keys=keys)
+    detached["loss"].backward()
+    p, s = outs["patches"].detach().clone().requires_grad_(True), outs["sentences"].detach().clone().requires_grad_(True)
+    lt, li = sla_loss(p, s, out["sentence_mask"], out["local_scale"], shared=shared_sentences(keys, 4))
+    (lt + li).backward()
+    torch.testing.assert_close(outs["patches"].grad, p.grad)
+    torch.testing.assert_close(outs["sentences"].grad, s.grad)
+    reference = mama_loss(out, LossConfig(), late=True)
+    assert detached["loss"].item() == pytest.approx(reference["loss"].item(), rel=1e-12)

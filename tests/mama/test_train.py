@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from medlearn.config import resolve_preset
 from medlearn.engine import read_metrics, seed_everything
 from medlearn.mama.modeling.export import load_checkpoint
-from medlearn.mama.modeling.losses import mama_loss
+from medlearn.mama.modeling.losses import mama_loss, shared_sentences
 from medlearn.mama.modeling.model import MamaModel
 from medlearn.mama.train import build_datasets, train
 
@@ -202,3 +202,30 @@ def test_training_uses_the_image_lr_scale(prepared, tmp_path):
     model = MamaModel(cfg.model, cfg.loss)
     n_image = sum(1 for p in model.image.parameters() if p.requires_grad)
     assert len(groups[1]["params"]) == n_image
+
+
+def test_shared_sentence_keys_reach_the_loss(prepared, tmp_path, monkeypatch):
+    """``loss.sla_shared_sentences=detach``: every late step hands the loss one key per sentence the
+    text tower found, and the templated reports of a batch share sentences."""
+    import medlearn.mama.train as mama_train
+
+    seen = []
+
+    def spy(out, cfg, late, info=None, keys=None, sentence_keys=None):
+        if late:
+            seen.append((out["sentence_mask"].detach().clone(), sentence_keys))
+        return mama_loss(out, cfg, late, info, keys, sentence_keys)
+
+    monkeypatch.setattr(mama_train, "mama_loss", spy)
+    cfg = tiny_config(
+        tmp_path, "train.max_steps=3", "loss.late_loss=1", "train.val_every=0", "engine.ckpt_every=3",
+        "loss.sla_shared_sentences=detach", f"data.prepared_dir={prepared}",
+    )  # fmt: skip
+    summary = train(cfg, deterministic_datasets(prepared, cfg.model.image.image_size))
+    assert summary["step"] == 3 and len(seen) == 2
+    for mask, keys in seen:
+        assert keys is not None and keys.shape[0] == mask.shape[0]
+        assert torch.equal((keys != 0).sum(dim=1), mask.sum(dim=1))
+        assert shared_sentences(keys, mask.shape[1]).any()
+    logged = read_metrics(f"{summary['run']}/metrics.jsonl")
+    assert all(torch.isfinite(torch.tensor(m["sla_t2i"])) for m in logged if "sla_t2i" in m)

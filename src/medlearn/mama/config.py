@@ -174,6 +174,12 @@ class LossConfig:
             ``sla_pool_temperature``, in cosine-similarity units, that passes gradient to every
             patch in proportion to its softmax weight).
         sla_pool_temperature: temperature of ``logsumexp`` pooling (> 0; -> 0 is ``max``).
+        sla_shared_sentences: what SLA does with a sentence of report i that report k (k != i) of
+            the same batch contains word for word: ``contrast`` (default, the reference: the
+            (image k, report i) similarities of that sentence push image k and the sentence apart
+            like any negative) or ``detach`` (those similarities keep their values in the scores
+            but pass no gradient, so a templated sentence, e.g. a finding sentence that several
+            reports share, is never pushed away from the other images that show what it says).
     """
 
     clip: bool = True
@@ -194,6 +200,7 @@ class LossConfig:
     sla_symmetric: bool = True
     sla_pool: Literal["max", "logsumexp"] = "max"
     sla_pool_temperature: float = 0.1
+    sla_shared_sentences: Literal["contrast", "detach"] = "contrast"
 
 
 @dataclass

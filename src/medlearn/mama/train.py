@@ -25,7 +25,7 @@ from medlearn.errors import ConfigError, DataError
 from medlearn.mama.config import MamaConfig
 from medlearn.mama.eval.retrieval import embed_batches, retrieval_topk
 from medlearn.mama.modeling.distributed import GatherInfo, gather_info
-from medlearn.mama.modeling.losses import mama_loss, report_keys
+from medlearn.mama.modeling.losses import mama_loss, report_keys, sentence_keys
 from medlearn.mama.modeling.model import MamaModel, count_trainable
 
 log = logging.getLogger(__name__)
@@ -361,12 +361,17 @@ class MamaHooks(TrainHooks):
             return x.to(dev, non_blocking=True)
 
         keys = report_keys(batch["report"]) if lo.dedup_reports else None
+        sent_keys = None
+        if late and lo.sla and lo.sla_shared_sentences == "detach":  # on the host, before the copy
+            sent_keys = sentence_keys(
+                batch["input_ids"], batch["attention_mask"], self.model.tokenizer.sep_id
+            )
         with acc.autocast():
             out = self.ddp_model(
                 put(batch["image"]), put(batch["input_ids"]), put(batch["attention_mask"]),
                 put(batch["extra_image"]) if late and "extra_image" in batch else None, late,
             )  # fmt: skip
-            terms = mama_loss(out, lo, late, self.info, keys)
+            terms = mama_loss(out, lo, late, self.info, keys, sent_keys)
             backward_and_step(
                 acc, terms["loss"], self.optimizer, self.scheduler, self.params, self.cfg.engine.grad_clip
             )

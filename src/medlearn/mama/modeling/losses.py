@@ -37,6 +37,47 @@ def report_keys(reports: Sequence[str]) -> Tensor:
     return torch.tensor(keys, dtype=torch.int64)
 
 
+def sentence_keys(input_ids: Tensor, attention_mask: Tensor, sep_id: int) -> Tensor:
+    """(B, S) int64 key of every sentence slot of tokenised reports (0 = no sentence).
+
+    Slot s holds the tokens after the s-th separator up to and including the (s+1)-th, the same
+    slots as :func:`~medlearn.mama.modeling.text_tower.sentence_states`: identical token runs give
+    identical keys. S is the most separators of any row (at least 1). Runs on the host, from the
+    batch as the loader delivers it.
+    """
+    ids, mask = input_ids.tolist(), attention_mask.bool().tolist()
+    rows: list[list[int]] = []
+    for row_ids, row_mask in zip(ids, mask):
+        keys, run = [], []
+        for tok, real in zip(row_ids, row_mask):
+            if not real:
+                continue
+            run.append(tok)
+            if tok == sep_id:
+                digest = hashlib.blake2b(repr(run).encode(), digest_size=8).digest()
+                keys.append(int.from_bytes(digest, "little") >> 1 or 1)
+                run = []
+        rows.append(keys)
+    width = max([1, *(len(k) for k in rows)])
+    return torch.tensor([k + [0] * (width - len(k)) for k in rows], dtype=torch.int64)
+
+
+def shared_sentences(keys: Tensor, n_slots: int) -> Tensor:
+    """(N, N, S) bool: [k, i, j] is True when sentence j of report i also occurs in report k, k != i.
+
+    ``keys``: (N, S') from :func:`sentence_keys`, cut or zero-padded to ``n_slots`` = S.
+    """
+    if keys.shape[1] < n_slots:
+        keys = F.pad(keys, (0, n_slots - keys.shape[1]))
+    keys = keys[:, :n_slots]
+    n = keys.shape[0]
+    present = keys != 0
+    # [k, i, j]: does any slot of report k carry report i's sentence j
+    found = (keys[:, None, None, :] == keys[None, :, :, None]).any(dim=-1)
+    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=keys.device)
+    return found & present[None] & off_diagonal[:, :, None]
+
+
 def soft_targets(keys_local: Tensor, keys_all: Tensor) -> Tensor:
     """(B, N) rows summing to 1 over the columns whose report equals the row's report."""
     same = (keys_local[:, None] == keys_all[None, :]).float()
@@ -136,6 +177,7 @@ def sla_scores(
     symmetric: bool = True,
     pool: str = "max",
     temperature: float = 0.1,
+    shared: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Symmetric local alignment scores between every image and every report.
 
@@ -163,6 +205,8 @@ def sla_scores(
     t2i, i2t = [], []
     for start in range(0, patches.shape[0], chunk):
         sim = torch.einsum("ipe,tse->itps", patches[start : start + chunk], sentences)  # (c, Nt, P, S)
+        if shared is not None:
+            sim = torch.where(shared[start : start + chunk, :, None, :], sim.detach(), sim)
         if pool == "max":
             best_patch = sim.max(dim=2).values  # (c, Nt, S)
         else:
@@ -188,11 +232,12 @@ def sla_loss(
     symmetric: bool = True,
     pool: str = "max",
     temperature: float = 0.1,
+    shared: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """(text->image, image->text) SLA losses, each CE both ways over scale * score (N x N, local
-    batch); image->text is None (and not computed) when ``symmetric`` is false. ``pool`` and
-    ``temperature``: see :func:`sla_scores`."""
-    t2i, i2t = sla_scores(patches, sentences, sentence_mask, chunk, symmetric, pool, temperature)
+    batch); image->text is None (and not computed) when ``symmetric`` is false. ``pool``,
+    ``temperature`` and ``shared``: see :func:`sla_scores`."""
+    t2i, i2t = sla_scores(patches, sentences, sentence_mask, chunk, symmetric, pool, temperature, shared)
     tgt = contrastive_targets(t2i.shape[0], 0, t2i.device) if targets is None else targets
     lt = _ce(scale * t2i, tgt) + _ce(scale * t2i.T, tgt)
     if i2t is None:
@@ -207,6 +252,7 @@ def mama_loss(
     late: bool,
     info: GatherInfo | None = None,
     keys: Tensor | None = None,
+    sentence_keys: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """The weighted MaMA objective and its terms.
 
@@ -218,6 +264,8 @@ def mama_loss(
         late: whether the step is at or after ``late_loss``.
         info: gather set-up (default: single process).
         keys: (B,) report keys for de-duplicated soft targets (used when ``cfg.dedup_reports``).
+        sentence_keys: (B, S') keys of the report's sentences (:func:`sentence_keys`); needed when
+            ``cfg.sla_shared_sentences`` is ``detach``.
     Returns:
         ``{"loss": total, "clip": ..., "nt_xent": ..., "clip_extra": ..., "sla_t2i": ..., "sla_i2t": ...}``
         (only the computed terms; each unweighted).
@@ -250,6 +298,11 @@ def mama_loss(
         terms["nt_xent"] = nt_xent_loss(out["ii1"], out["ii2"], cfg.nt_xent_temperature, z1_all, z2_all, rank)
         total = total + cfg.w_nt_xent * terms["nt_xent"]
     if cfg.sla:
+        shared = None
+        if cfg.sla_shared_sentences == "detach":
+            if sentence_keys is None:
+                raise ValueError("loss.sla_shared_sentences=detach needs the batch's sentence keys")
+            shared = shared_sentences(sentence_keys.to(out["sentences"].device), out["sentences"].shape[1])
         lt, li = sla_loss(
             out["patches"],
             out["sentences"],
@@ -260,6 +313,7 @@ def mama_loss(
             cfg.sla_symmetric,
             cfg.sla_pool,
             cfg.sla_pool_temperature,
+            shared,
         )
         terms["sla_t2i"] = lt
         total = total + cfg.w_sla * lt
