@@ -25,6 +25,11 @@ an effect spread evenly). A supervised linear probe asks whether the finding's p
 patch features at all (:func:`~medlearn.mama.eval.sla_diagnostics.patch_probe_pointing`, trained
 on the training split's ROI cells): ``probe_pointing_tower`` (the image tower's patch tokens),
 ``probe_pointing_sla`` (the SLA-projected patch features), ``probe_pointing_pixels`` (raw pixels).
+How far the global alignment got: ``train_clip_end`` (each row: the mean of the last 10 logged
+CLIP losses of its training) against ``clip_loss_chance`` (2 ln B), ``clip_loss_floor`` and
+``clip_loss_floor_density_only`` (summary: the loss of an ideal model that reads from the image
+everything the reports state about it, or only the density;
+:func:`~medlearn.mama.eval.alignment_floor.contrastive_floor`).
 
 ``--image-pretrain-steps N`` first gives the image tower learnt, local patch features by masked-image
 pre-training on the training split (:func:`medlearn.mama.image_pretrain.pretrain_image`, the path of
@@ -222,6 +227,31 @@ def evaluate_model(args: argparse.Namespace, ckpt: Path, prep: Path, out: Path, 
     return row
 
 
+def training_losses(run: Path, last: int = 10) -> dict[str, float]:
+    """``train_<term>_end``: the mean of the last ``last`` logged values of each loss term of a run."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    out = {}
+    for term in ("clip", "clip_extra", "nt_xent", "sla_t2i", "sla_i2t"):
+        values = [r[term] for r in rows if term in r][-last:]
+        if values:
+            out[f"train_{term}_end"] = float(np.mean(values))
+    return out
+
+
+def clip_loss_floors(prep: Path, batch: int, mask_prob: float) -> dict[str, float]:
+    """The global CLIP loss of ideal models on the training pairs (:mod:`~medlearn.mama.eval.alignment_floor`)."""
+    from medlearn.mama.data.dataset import load_prepared
+    from medlearn.mama.eval.alignment_floor import contrastive_floor
+
+    table, _ = load_prepared(prep)
+    table = table[(table["split"].astype(str) == "train") & (table["source"].astype(str) == "embed")]
+    return {
+        "clip_loss_chance": float(2 * np.log(batch)),
+        "clip_loss_floor_density_only": contrastive_floor(table, batch, mask_prob, ["tissueden"], []),
+        "clip_loss_floor": contrastive_floor(table, batch, mask_prob),
+    }
+
+
 def bootstrap(values: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, list[float]]:
     """Mean over the last axis (images) averaged over seeds, and its 95% percentile CI (images resampled)."""
     rng = np.random.default_rng(seed)
@@ -252,6 +282,7 @@ def summarise(rows: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
                   "lp_density_bacc_ci95_per_seed": [by[(m, s)].get("lp_density_bacc_ci95") for s in seeds]}  # fmt: skip
         mean, ci = bootstrap(hits[m] - chance[None])
         out[m]["minus_chance"], out[m]["minus_chance_ci95"] = mean, ci
+        out[m]["train_clip_end_per_seed"] = [by[(m, s)].get("train_clip_end") for s in seeds]
     if all("prior_hits" in r for r in rows):
         prior = np.array(rows[0]["prior_hits"], float)
         out["prior_pointing_game"] = float(prior.mean())
@@ -336,6 +367,10 @@ def main() -> None:
     done = out / "rows.jsonl"
     if done.is_file():  # resume: rows already evaluated
         rows = [json.loads(line) for line in done.read_text().splitlines() if line.strip()]
+        for r in rows:  # rows written before the loss columns existed
+            metrics = out / "runs" / f"{r['model']}_s{r['seed']}" / "metrics.jsonl"
+            if "train_clip_end" not in r and metrics.is_file():
+                r.update(training_losses(metrics.parent))
     for seed in seeds:
         for name in args.models.split(","):
             if any(r["model"] == name and r["seed"] == seed for r in rows):
@@ -348,6 +383,7 @@ def main() -> None:
             if not (run / "checkpoints" / "final").is_dir():
                 train(cfg)
             row: dict[str, Any] = {"model": name, "seed": seed, "train_s": round(time.time() - t1, 1)}
+            row.update(training_losses(run))
             row.update(
                 evaluate_model(
                     args, run / "checkpoints" / "final", prep, out / "eval" / f"{name}_s{seed}", seed
@@ -370,6 +406,8 @@ def main() -> None:
             )
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.device}"
     summary = summarise(rows, seeds)
+    mask_prob = run_config(args, out / "runs", prep, seeds[0], []).data.mask_prob  # with --override
+    summary.update(clip_loss_floors(prep, args.batch, mask_prob))
     result = {"rows": rows, "summary": summary, "chance_pointing_game": summary["chance"], "args": vars(args),
               "machine": machine, "data_s": round(t_data, 1), "image_pretrain_s": round(t_tower, 1), "total_s": round(time.time() - t0, 1)}  # fmt: skip
     (out / "quality.json").write_text(json.dumps(result, indent=2))
@@ -383,7 +421,7 @@ def main() -> None:
             "pointing_game_running", "pointing_game_coldest", "chance_pointing_game", "prior_pointing_game", "sla_detection_auc",
             "sla_detection_auc_density_matched",
             "removal_drop_positive", "locality_share_outside", "locality_share_if_spread", "probe_pointing_tower",
-            "probe_pointing_sla", "probe_pointing_pixels", "train_s"]  # fmt: skip
+            "probe_pointing_sla", "probe_pointing_pixels", "train_clip_end", "train_s"]  # fmt: skip
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
     table = "\n".join(lines)
@@ -392,9 +430,14 @@ def main() -> None:
     parts = [
         f"{m}: pointing {fmt(summary[m]['pointing_game'])} {fmt(summary[m]['pointing_game_ci95'])}, "
         f"density probe bacc {fmt(summary[m]['lp_density_bacc'])}, "
-        f"SLA detection AUC {fmt(summary[m].get('sla_detection_auc'))} {fmt(summary[m].get('sla_detection_auc_ci95'))}"
+        f"SLA detection AUC {fmt(summary[m].get('sla_detection_auc'))} {fmt(summary[m].get('sla_detection_auc_ci95'))}, "
+        f"CLIP loss at the end {fmt(summary[m]['train_clip_end_per_seed'])}"
         for m in args.models.split(",")
     ]
+    parts.append(
+        f"CLIP loss chance {fmt(summary['clip_loss_chance'])}, floor {fmt(summary['clip_loss_floor'])} "
+        f"(reading density only {fmt(summary['clip_loss_floor_density_only'])})"
+    )
     diff = (
         f"; MaMA - CLIP pointing {fmt(summary.get('mama_minus_clip'))} {fmt(summary.get('mama_minus_clip_ci95'))}, "
         f"detection AUC {fmt(summary.get('detection_mama_minus_clip'))} {fmt(summary.get('detection_mama_minus_clip_ci95'))}"
