@@ -160,3 +160,58 @@ def test_late_keys_follow_the_loops_step_count():
     base.set_epoch(1, start=4)  # resumed in epoch 1 at micro-batch 1: step (6 + 1) // 2 = 3
     assert {late for _, _, late in keys} == {True} and next(iter(keys))[:2] == (1, 4)
     assert not any(late for _, _, late in LateKeys(base, 4, 6, 2, None))  # no term uses the extra view
+
+
+def test_augment_switches_reach_the_training_transform(prepared):
+    """``data.augment`` reaches the training transform; with it off, items are about the plain resize.
+
+    (A random resized crop of the whole area can still be a pixel short of the image when its
+    aspect rounds, so "about": the mean difference to the evaluation transform stays small.)
+    """
+    from medlearn.config import load_config
+    from medlearn.mama.config import MamaConfig
+
+    table, root = prepared
+    embed = table[table["source"] == "embed"].reset_index(drop=True)
+    off = [
+        "data.augment.crop_scale=[1.0,1.0]", "data.augment.crop_ratio=[0.1,10.0]", "data.augment.hflip_p=0", "data.augment.vflip_p=0",
+        "data.augment.jitter_p=0", "data.augment.blur_p=0",
+    ]  # fmt: skip
+    cfg = load_config(MamaConfig, None, off)
+    plain = MammoDataset(embed, root, train=True, image_size=16, augment=cfg.data.augment.transform_kwargs())
+    ev = MammoDataset(embed, root, train=False, image_size=16)
+    ref = MammoDataset(embed, root, train=True, image_size=16)  # the reference recipe (default)
+    kw = cfg.data.augment.transform_kwargs()
+    for name, value in kw.items():
+        assert getattr(plain.transforms[True], name) == value and getattr(plain.transforms[False], name) == value
+    off_diff = np.mean([float((plain[i]["image"] - ev[i]["image"]).abs().mean()) for i in range(len(embed))])
+    ref_diff = np.mean([float((ref[i]["image"] - ev[i]["image"]).abs().mean()) for i in range(len(embed))])
+    assert off_diff < 0.03 < 0.1 < ref_diff
+
+
+def test_augment_defaults_are_the_reference_recipe():
+    from medlearn.mama.config import AugmentConfig
+
+    kw = AugmentConfig().transform_kwargs()
+    assert kw["scale"] == (0.1, 1.0) and kw["ratio"] == pytest.approx((0.75, 4 / 3))
+    assert (kw["hflip_p"], kw["vflip_p"], kw["jitter_p"], kw["blur_p"]) == (0.5, 0.5, 0.8, 0.4)
+    assert (kw["brightness"], kw["contrast"], kw["blur_sigma"]) == (0.4, 0.4, (0.1, 2.0))
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("data.augment.jitter_p=1.5", "data.augment.jitter_p"),
+        ("data.augment.crop_scale=[0.5,1.2]", "data.augment.crop_scale"),
+        ("data.augment.crop_scale=[0.9,0.5]", "data.augment.crop_scale"),
+        ("data.augment.blur_sigma=[0.1]", "data.augment.blur_sigma"),
+        ("data.augment.brightness=1.0", "data.augment.brightness"),
+    ],
+)
+def test_bad_augment_values_name_their_key(override, key):
+    from medlearn.config import load_config
+    from medlearn.errors import ConfigError
+    from medlearn.mama.config import MamaConfig
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(MamaConfig, None, [override])

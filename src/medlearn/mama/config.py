@@ -222,6 +222,53 @@ class OptimConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """The training augmentation of ``medlearn mama train`` (``data.augment``); defaults: the reference.
+
+    The reference recipe (a SimCLR-style pipeline for 518 px mammograms) is: random resized crop of
+    area share ``crop_scale`` and aspect (w/h) ``crop_ratio``, horizontal and vertical flips,
+    brightness and contrast jitter (each factor in ``[1 - x, 1 + x]``, applied with ``jitter_p``),
+    Gaussian blur (``blur_p``, sigma in ``blur_sigma`` pixels).  At small input sizes the crop can
+    cut a finding out of the image its report describes, and the jitter changes the brightness that
+    carries breast density; a milder recipe (``crop_scale: [0.8, 1.0]``, ``jitter_p: 0``) keeps both.
+    The evaluation transform never augments.
+    """
+
+    crop_scale: list[float] = field(default_factory=lambda: [0.1, 1.0])
+    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+    hflip_p: float = 0.5
+    vflip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    blur_p: float = 0.4
+    blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])
+
+    def transform_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`~medlearn.mama.data.transforms.TrainTransform`."""
+        return {
+            "scale": tuple(self.crop_scale), "ratio": tuple(self.crop_ratio), "hflip_p": self.hflip_p,
+            "vflip_p": self.vflip_p, "jitter_p": self.jitter_p, "brightness": self.brightness,
+            "contrast": self.contrast, "blur_p": self.blur_p, "blur_sigma": tuple(self.blur_sigma),
+        }  # fmt: skip
+
+
+def validate_augment(a: AugmentConfig) -> None:
+    """Raise a ConfigError naming the ``data.augment`` key that is out of range."""
+    for key in ("hflip_p", "vflip_p", "jitter_p", "blur_p"):
+        if not 0.0 <= float(getattr(a, key)) <= 1.0:
+            raise ConfigError(f"data.augment.{key} must be a probability in [0, 1], got {getattr(a, key)}")
+    for key in ("brightness", "contrast"):
+        if not 0.0 <= float(getattr(a, key)) < 1.0:
+            raise ConfigError(f"data.augment.{key} must be in [0, 1), got {getattr(a, key)}")
+    for key, upper in (("crop_scale", 1.0), ("crop_ratio", None), ("blur_sigma", None)):
+        v = list(getattr(a, key))
+        if len(v) != 2 or not 0.0 < v[0] <= v[1] or (upper is not None and v[1] > upper):
+            bound = f" <= {upper:g}" if upper is not None else ""
+            raise ConfigError(f"data.augment.{key} must be two numbers 0 < low <= high{bound}, got {v}")
+
+
+@dataclass
 class DataConfig:
     """Where the prepared data lives and how it is batched.
 
@@ -240,6 +287,7 @@ class DataConfig:
             ``exam`` / ``patient``: batches are made of whole exams (patients), all their images
             consecutive, so a batch holds the other breast and views of each exam: negatives of the
             same density and patient that differ by side, view and findings.
+        augment: the training augmentation (:class:`AugmentConfig`; default the reference recipe).
     """
 
     prepared_dir: str = ""
@@ -251,6 +299,7 @@ class DataConfig:
     num_workers: int = -1
     recrop: bool = False
     batch_grouping: Literal["none", "exam", "patient"] = "none"
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
@@ -347,6 +396,7 @@ def validate(cfg: MamaConfig) -> None:
         )
     if cfg.data.batch_size < 2:
         raise ConfigError(f"data.batch_size must be >= 2 for a contrastive loss, got {cfg.data.batch_size}")
+    validate_augment(cfg.data.augment)
     if cfg.train.max_steps < 1:
         raise ConfigError(f"train.max_steps must be >= 1, got {cfg.train.max_steps}")
     if len(cfg.optim.betas) != 2:

@@ -83,7 +83,7 @@ def build_datasets(cfg: MamaConfig) -> tuple[Dataset, Dataset]:
         parts[name] = MammoDataset(
             sub, image_root, train=name == "train", image_size=size, mask_prob=d.mask_prob,
             multiview_prob=d.multiview_prob, same_breast_only=d.same_breast_only, seed=cfg.engine.seed,
-            recrop=d.recrop,
+            recrop=d.recrop, augment=d.augment.transform_kwargs(),
         )  # fmt: skip
     return parts["train"], parts["val"]
 

@@ -19,6 +19,7 @@ Evaluation samples use a generator seeded with ``(seed, index)``: the same outpu
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,8 @@ class MammoDataset(Dataset):
         recrop: Otsu-crop every cached image again (the reference crops online). Default False: only
             rows that ``prepare`` did not crop (no ``crop_*`` columns, or a crop box equal to the
             whole image) are cropped; see :func:`needs_crop`.
+        augment: keyword arguments of :class:`~medlearn.mama.data.transforms.TrainTransform`
+            (training only; default the reference recipe; ``data.augment`` of ``medlearn mama train``).
 
     An index may also be a key ``(epoch, index, with_extra)`` (the training loader's sampler sends
     these): randomness is then a function of (seed, epoch, index) without ``set_epoch``, so
@@ -108,6 +111,7 @@ class MammoDataset(Dataset):
         same_breast_only: bool = False,
         seed: int = 0,
         recrop: bool = False,
+        augment: Mapping[str, Any] | None = None,
     ) -> None:
         validate_columns(table, REQUIRED, "per-image table (MammoDataset)")
         if len(table) == 0:
@@ -125,8 +129,11 @@ class MammoDataset(Dataset):
         self.ids = self.table[["image_id", "exam_id", "patient_id"]].astype(str).to_numpy()
         self.labels = self.table[["birads", "density", "cancer"]].fillna(-1).astype(np.int64).to_numpy()
         self.pairs = PairingIndex(self.table, same_breast_only=same_breast_only)
-        make = TrainTransform if train else EvalTransform
-        self.transforms = {True: make(image_size, crop=True), False: make(image_size, crop=False)}
+        if train:
+            kw = dict(augment or {})
+            self.transforms = {c: TrainTransform(image_size, crop=c, **kw) for c in (True, False)}
+        else:
+            self.transforms = {c: EvalTransform(image_size, crop=c) for c in (True, False)}
         self.crop = np.ones(len(self.table), bool) if recrop else needs_crop(self.table)
         self.epoch: int | None = None
         self._rng: np.random.Generator | None = None
