@@ -88,3 +88,53 @@ def test_networks_with_planar_ops_equal_the_3d_networks(arch):
     critics[1].load_state_dict(critics[0].state_dict())
     x = torch.rand(2, 4, 24, 24, 3)
     torch.testing.assert_close(critics[0](x), critics[1](x), rtol=1e-5, atol=1e-6)
+
+
+SPLIT_CASES = [  # (input shape, weight shape, padding, groups): the generator's 3D convolution kinds
+    ((1, 8, 6, 5, 3), (8, 2, 3, 3, 3), 1, 4),  # grouped, 2 input channels per group (forward channels-last)
+    ((1, 16, 6, 5, 3), (16, 4, 3, 3, 3), 1, 4),  # grouped, 4 per group (forward plain)
+    ((2, 6, 6, 5, 3), (3, 6, 3, 3, 3), 1, 1),  # plain convolution with a bias
+    ((2, 3, 6, 5, 3), (1, 3, 1, 1, 1), 0, 1),  # 1x1x1 head
+]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("xs,ws,padding,groups", SPLIT_CASES)
+def test_split_layout_conv3d_equals_conv3d(xs, ws, padding, groups, channels_last):
+    """Forward, every gradient, an input-gradient-only backward and double backward, in float64."""
+    g = torch.Generator().manual_seed(3)
+    x, w = torch.randn(xs, generator=g, dtype=torch.float64), torch.randn(ws, generator=g, dtype=torch.float64)
+    bias = torch.randn(ws[0], generator=g, dtype=torch.float64) if groups == 1 else None
+    if channels_last:
+        x, w = (t.contiguous(memory_format=torch.channels_last_3d) for t in (x, w))
+    weights = torch.randn(F.conv3d(x, w, bias, 1, padding, 1, groups).shape, generator=g, dtype=torch.float64)
+    results = []
+    for split in (True, False):
+        xi, wi = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+        bi = None if bias is None else bias.detach().clone().requires_grad_()
+        y = conv3d(xi, wi, bi, 1, padding, groups, planar=False, split_layout=split)
+        inputs = [xi, wi] + ([] if bi is None else [bi])
+        grads = torch.autograd.grad((y * weights).sum(), inputs, create_graph=True)
+        only_x = torch.autograd.grad((y * weights).sum(), xi, retain_graph=True)[0]
+        second = torch.autograd.grad(grads[0].pow(2).sum(), wi)[0]  # d/dw of |d loss / dx|^2
+        results.append((y, *grads, only_x, second))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_split_layout_generator_equals_the_default_generator():
+    """A whole MCM generator, forward and every parameter gradient (float32 rounding)."""
+    torch.manual_seed(0)
+    kw = dict(base_width=2, depth=3, latent=4, **ARCH_SWITCHES["mcm"])
+    nets = [MCUNet(**kw, split_layout=s, channels_last=True) for s in (True, False)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    t1, fl, lr = torch.rand(2, 1, 24, 24, 3), torch.rand(2, 1, 24, 24, 3), torch.rand(2, 1, 8, 8)
+    n, met, lam = torch.tensor([2, 3]), torch.tensor([0, 5]), torch.tensor([0.0, 0.7])
+    outs = []
+    for net in nets:
+        y = net(t1, fl, lr, n, met, lam)
+        y.pow(2).sum().backward()
+        outs.append((y, [p.grad for p in net.parameters()]))
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(outs[0][1], outs[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -70,3 +70,21 @@ def test_decoupled_route_trains_shared_weights_at_lambda_zero_and_the_lambda_pat
         torch.testing.assert_close(g_step, want, rtol=1e-4, atol=1e-7)
         n_checked += int(float(want.abs().max()) > 0)
     assert n_checked > len(on_path)  # both kinds of parameter really received a gradient
+
+
+def test_forward_lambda_path_only_equals_the_forward_and_reaches_only_the_lambda_mlps():
+    from medlearn.mrsi.networks import MCUNet
+
+    torch.manual_seed(0)
+    gen = MCUNet(base_width=2, depth=2, latent=4, lambda_offset=True)
+    args = (torch.rand(2, 1, 12, 12, 3), torch.rand(2, 1, 12, 12, 3), torch.rand(2, 1, 4, 4),
+            torch.tensor([1, 2]), torch.tensor([0, 3]), torch.tensor([0.4, 0.9]))  # fmt: skip
+    y = mrsi_train.forward_lambda_path_only(gen, *args)
+    torch.testing.assert_close(y, gen(*args), rtol=0, atol=0)
+    on_path = {id(p) for p in gen.lambda_path_parameters()}
+    params = list(gen.parameters())
+    grads = torch.autograd.grad(y.pow(2).sum(), params, allow_unused=True)
+    reached = {id(p) for p, g in zip(params, grads) if g is not None}
+    assert reached and reached <= on_path
+    assert all(p.grad is None for p in params)  # nothing accumulated, and the module's own weights kept
+    assert all(isinstance(p, torch.nn.Parameter) for p in gen.parameters())

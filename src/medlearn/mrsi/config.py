@@ -88,6 +88,12 @@ class ModelConfig:
             collapse it whole, as the critic's first layer) run as their 2D versions (default; the
             same numbers up to float rounding, 2-5x faster on a CPU for those layers); false = 3D
             operations everywhere, as the reference.
+        split_conv_layout: on CPU, the generator's 3D convolutions run their forward in the plain
+            layout (channels-last when a group has fewer than 4 input channels) and their backward
+            in channels-last, whatever layout the activations arrive in (default; the same numbers
+            up to float rounding; oneDNN's faster kernel for each pass at these shapes, see
+            docs/mrsi.md); false = each convolution in its input's layout (set by
+            ``channels_last``), as before.  No effect on a GPU.
     """
 
     arch: str = "mcm"
@@ -103,6 +109,7 @@ class ModelConfig:
     lambda_offset: bool = True
     channels_last: bool = True
     planar_ops: bool = True
+    split_conv_layout: bool = True
 
 
 @dataclass

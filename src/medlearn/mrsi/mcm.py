@@ -42,7 +42,9 @@ def mapping_mlp(in_dim: int, latent: int, depth: int = 4, slope: float = 0.2) ->
     return nn.Sequential(*layers)
 
 
-def batched_conv3d(x: Tensor, weight: Tensor, padding: tuple[int, int, int], planar: bool = True) -> Tensor:
+def batched_conv3d(
+    x: Tensor, weight: Tensor, padding: tuple[int, int, int], planar: bool = True, split_layout: bool = False
+) -> Tensor:
     """Convolve each sample with its own kernel (a batched modulated convolution).
 
     Args:
@@ -50,25 +52,27 @@ def batched_conv3d(x: Tensor, weight: Tensor, padding: tuple[int, int, int], pla
         weight: (B, O, I, kd, kh, kw) one kernel per sample, or (O, I, kd, kh, kw) shared.
         padding: zero padding per spatial axis.
         planar: run thin-slab cases as 2D convolutions (:func:`medlearn.mrsi.planar.conv3d`).
+        split_layout: 3D cases with the split layout of :func:`medlearn.mrsi.planar.conv3d`.
     Returns:
         (B, O, D', H', W').  With a per-sample kernel the batch is folded into the channel axis and
         run as one grouped convolution (``groups=B``), so a mixed batch costs one launch.
     """
     fmt = memory_format_of(x)
     if weight.dim() == 5:
-        return conv3d(x, weight.contiguous(memory_format=fmt), padding=padding, planar=planar)
+        return conv3d(x, weight.contiguous(memory_format=fmt), padding=padding, planar=planar, split_layout=split_layout)
     b, i = x.shape[:2]
     o = weight.shape[1]
     if weight.shape[0] != b or weight.shape[2] != i:
         raise ValueError(f"batched_conv3d: weight {tuple(weight.shape)} does not fit input {tuple(x.shape)}")
     if b == 1:
-        return conv3d(x, weight[0].contiguous(memory_format=fmt), padding=padding, planar=planar)
+        return conv3d(x, weight[0].contiguous(memory_format=fmt), padding=padding, planar=planar, split_layout=split_layout)
     out = conv3d(
         x.reshape(1, b * i, *x.shape[2:]).contiguous(memory_format=fmt),
         weight.reshape(b * o, i, *weight.shape[3:]).contiguous(memory_format=fmt),
         padding=padding,
         groups=b,
         planar=planar,
+        split_layout=split_layout,
     )
     return out.reshape(b, o, *out.shape[2:]).contiguous(memory_format=fmt)
 

@@ -73,6 +73,7 @@ class ConvBlock(nn.Module):
         num_metabolites, met_embed_dim: metabolite embedding (``fs_nm`` only).
         gamma_init: initial gamma bias of the conditional instance norm.
         planar: thin-slab convolutions as 2D ones (:mod:`medlearn.mrsi.planar`; same numbers).
+        split_layout: the 3D convolutions with the split layout of :func:`medlearn.mrsi.planar.conv3d`.
     """
 
     def __init__(
@@ -88,9 +89,11 @@ class ConvBlock(nn.Module):
         gamma_init: float = 1.0,
         lambda_offset: bool = False,
         planar: bool = True,
+        split_layout: bool = False,
     ):
         super().__init__()
         self.kernel_cond, self.norm_cond, self.planar = kernel_cond, norm_cond, planar
+        self.split_layout = split_layout
         self.padding = tuple(k // 2 for k in kernel)
         self.convs = nn.ModuleList()
         self.conds = nn.ModuleList()
@@ -135,7 +138,7 @@ class ConvBlock(nn.Module):
     def forward(self, x: Tensor, c: Conditions) -> Tensor:
         """(B, in_ch, D, H, W) -> (B, out_ch, D, H, W)."""
         for j in range(2):
-            x = batched_conv3d(x, self._kernel(j, c), self.padding, self.planar)
+            x = batched_conv3d(x, self._kernel(j, c), self.padding, self.planar, self.split_layout)
             if self.norm_cond == "lambda":
                 norm = self.norms[j]
                 x = norm(x, c.lam, None if c.styles is None else c.styles[norm.bank_index])
@@ -201,6 +204,9 @@ class MCUNet(nn.Module):
         planar: run convolutions, pools and resampling that do not mix the slab axis (or collapse
             it whole) as 2D operations (:mod:`medlearn.mrsi.planar`; the same numbers up to float
             rounding); False = 3D operations everywhere, as the reference.
+        split_layout: on CPU, the 3D convolutions run their forward in the plain layout and their
+            backward in channels-last (:func:`medlearn.mrsi.planar.conv3d`; the same numbers up to
+            float rounding, faster oneDNN kernels for each pass at these shapes).
     Example:
         >>> net = MCUNet(base_width=2, depth=2)
         >>> t1 = torch.rand(2, 1, 12, 12, 3); lr = torch.rand(2, 1, 4, 4)
@@ -228,6 +234,7 @@ class MCUNet(nn.Module):
         lambda_offset: bool = False,
         channels_last: bool = False,
         planar: bool = True,
+        split_layout: bool = False,
     ):
         super().__init__()
         if kernel_cond not in KERNEL_CONDS:
@@ -249,8 +256,9 @@ class MCUNet(nn.Module):
             gamma_init=gamma_init,
             lambda_offset=lambda_offset,
             planar=planar,
+            split_layout=split_layout,
         )
-        self.planar = bool(planar)
+        self.planar, self.split_layout = bool(planar), bool(split_layout)
         self.enc_a = _Encoder(2, widths, slab_depth, **kw)
         self.enc_b = _Encoder(2, widths, slab_depth, **kw)
         self.up_convs = nn.ModuleList()
@@ -259,10 +267,12 @@ class MCUNet(nn.Module):
         for lvl in range(depth - 2, -1, -1):
             kernel = (3, 3, 3) if lvl == 0 else (3, 3, 1)
             pad = tuple(k // 2 for k in kernel)
-            self.up_convs.append(Conv3d(prev, widths[lvl], kernel, padding=pad, planar=planar))
+            self.up_convs.append(
+                Conv3d(prev, widths[lvl], kernel, padding=pad, planar=planar, split_layout=split_layout)
+            )
             self.dec_blocks.append(ConvBlock(3 * widths[lvl], widths[lvl], kernel, **kw))
             prev = widths[lvl]
-        self.head = Conv3d(widths[0], 1, 1, planar=planar)
+        self.head = Conv3d(widths[0], 1, 1, planar=planar, split_layout=split_layout)
         self.batched_conditioning = bool(batched_conditioning)
         self.channels_last = bool(channels_last)
         if (

@@ -159,6 +159,7 @@ def build_models(cfg: MRSIConfig, grid: tuple[int, int]) -> tuple[nn.Module, nn.
         lambda_offset=m.lambda_offset,
         channels_last=m.channels_last,
         planar=m.planar_ops,
+        split_layout=m.split_conv_layout,
     )
     if not cfg.adversarial.enabled:
         return gen, None
@@ -257,7 +258,8 @@ def train_step(
         getattr(gen, "_cin_layers", None)
     )
     with accelerator.autocast():
-        sr = (gen if decoupled else nets.gen)(t1, flair, lr, n, batch["met"], lam, mask)
+        args = (t1, flair, lr, n, batch["met"], lam, mask)
+        sr = forward_lambda_path_only(gen, *args) if decoupled else nets.gen(*args)
     sr = sr.float()
     out: dict[str, Tensor] = {}
     adv_term = sr.new_zeros(())
@@ -304,6 +306,17 @@ def train_step(
         means = accelerator.reduce(torch.stack([v.float() for v in out.values()]), reduction="mean")
         out = dict(zip(out, means))
     return out
+
+
+def forward_lambda_path_only(gen: nn.Module, *args: Any) -> Tensor:
+    """``gen(*args)`` with every parameter outside :meth:`MCUNet.lambda_path_parameters` detached.
+
+    The graph then reaches the lambda MLPs only (``route=decoupled`` uses nothing else from this
+    forward), so its backward computes no weight gradient of the shared layers.
+    """
+    keep = {id(p) for p in gen.lambda_path_parameters()}
+    frozen = {k: p.detach() for k, p in gen.named_parameters() if id(p) not in keep}
+    return torch.func.functional_call(gen, frozen, args, strict=False)
 
 
 def configured_content_loss(cfg: MRSIConfig, sr: Tensor, hr: Tensor) -> dict[str, Tensor]:
