@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from medlearn.mrsi.baselines import ARCH_SWITCHES
 from medlearn.mrsi.networks import Critic, MCUNet
-from medlearn.mrsi.planar import Conv3d, conv3d, max_pool3d, resize_trilinear
+from medlearn.mrsi.planar import Conv3d, conv3d, conv3d_replicated, max_pool3d, resize_trilinear
 
 CASES = [  # (input shape, weight shape, stride, padding, groups)
     ((2, 4, 10, 12, 1), (6, 4, 3, 3, 1), 1, (1, 1, 0), 1),  # kernel 1 along S, S = 1 (squeeze)
@@ -103,7 +103,10 @@ SPLIT_CASES = [  # (input shape, weight shape, padding, groups): the generator's
 def test_split_layout_conv3d_equals_conv3d(xs, ws, padding, groups, channels_last):
     """Forward, every gradient, an input-gradient-only backward and double backward, in float64."""
     g = torch.Generator().manual_seed(3)
-    x, w = torch.randn(xs, generator=g, dtype=torch.float64), torch.randn(ws, generator=g, dtype=torch.float64)
+    x, w = (
+        torch.randn(xs, generator=g, dtype=torch.float64),
+        torch.randn(ws, generator=g, dtype=torch.float64),
+    )
     bias = torch.randn(ws[0], generator=g, dtype=torch.float64) if groups == 1 else None
     if channels_last:
         x, w = (t.contiguous(memory_format=torch.channels_last_3d) for t in (x, w))
@@ -138,3 +141,36 @@ def test_split_layout_generator_equals_the_default_generator():
     torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-6)
     for a, b in zip(outs[0][1], outs[1][1]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("ws,padding,slices", [((4, 3, 3, 3, 3), (1, 1, 1), 3), ((2, 3, 3, 3, 1), (1, 1, 0), 3),
+                                               ((2, 3, 1, 1, 1), (0, 0, 0), 3), ((2, 3, 3, 3, 5), (1, 1, 2), 4)])  # fmt: skip
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conv3d_replicated_equals_conv3d_of_the_copied_slab(ws, padding, slices, channels_last):
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 7, 6, 1, generator=g, dtype=torch.float64)
+    w, bias = (
+        torch.randn(ws, generator=g, dtype=torch.float64),
+        torch.randn(ws[0], generator=g, dtype=torch.float64),
+    )
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    results = []
+    for replicated in (True, False):
+        xi, wi, bi = (t.detach().clone().requires_grad_() for t in (x, w, bias))
+        if replicated:
+            y = conv3d_replicated(xi, wi, bi, padding, slices)
+        else:
+            y = F.conv3d(xi.expand(*xi.shape[:-1], slices), wi, bi, 1, padding)
+        weights = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)
+        results.append((y, *torch.autograd.grad((y * weights).sum(), (xi, wi, bi))))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert results[0][0].is_contiguous(memory_format=torch.channels_last_3d) == channels_last
+
+
+def test_conv3d_replicated_refuses_a_slab_and_a_depth_changing_kernel():
+    with pytest.raises(ValueError, match="single slice"):
+        conv3d_replicated(torch.zeros(1, 1, 4, 4, 3), torch.zeros(1, 1, 3, 3, 3), None, (1, 1, 1), 3)
+    with pytest.raises(ValueError, match="keeps the slab depth"):
+        conv3d_replicated(torch.zeros(1, 1, 4, 4, 1), torch.zeros(1, 1, 3, 3, 3), None, (1, 1, 0), 3)

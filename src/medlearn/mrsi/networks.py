@@ -358,8 +358,13 @@ class MCUNet(nn.Module):
         fb = self.enc_b(torch.cat([x, flair], dim=1).contiguous(memory_format=fmt), c)
         y = torch.cat([fa[-1], fb[-1]], dim=1)
         for i, lvl in enumerate(range(self.depth - 2, -1, -1)):
-            size = (2 * y.shape[2], 2 * y.shape[3], y.shape[4] * (self.slab_depth if lvl == 0 else 1))
-            y = self.up_convs[i](resize_trilinear(y, size, self.planar))
+            if lvl == 0 and self.planar and y.shape[4] == 1 and self.slab_depth > 1:
+                # resampling one slice to the slab copies it: convolve the single slice instead
+                up = resize_trilinear(y, (2 * y.shape[2], 2 * y.shape[3], 1), self.planar)
+                y = self.up_convs[i].forward_replicated(up, self.slab_depth)
+            else:
+                size = (2 * y.shape[2], 2 * y.shape[3], y.shape[4] * (self.slab_depth if lvl == 0 else 1))
+                y = self.up_convs[i](resize_trilinear(y, size, self.planar))
             y = self.dec_blocks[i](torch.cat([fa[lvl], fb[lvl], y], dim=1), c)
         y = torch.sigmoid(self.head(y))
         y = F.avg_pool3d(y, (f, f, self.slab_depth)).squeeze(-1)

@@ -10,7 +10,11 @@ first convolution takes 24 ms as ``conv3d`` and 5 ms as ``conv2d``, forward + ba
 * a convolution whose kernel spans all S slices (stride S, no padding: the critic's first layer)
   runs as ``conv2d`` with S folded into the channels;
 * max pooling (k, k, 1) and trilinear resampling that leaves S alone (or replicates a single slice
-  with ``align_corners=True``) run as their 2D versions.
+  with ``align_corners=True``) run as their 2D versions;
+* a convolution (stride 1) over a slab whose S slices are copies of one slice (the decoder's
+  first-level up-convolution, after the single bottleneck slice is resampled to S slices) runs as
+  one ``conv2d`` on that slice, with the kernel taps summed per output slice
+  (:func:`conv3d_replicated`): a third of the multiply-adds, and no copies of the slice.
 
 The remaining 3D convolutions can run with a *split layout* on CPU (``split_layout=True``): the
 forward in the plain NCDHW layout (in channels-last when a group has fewer than
@@ -30,7 +34,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["FEW_INPUT_CHANNELS", "Conv3d", "conv3d", "max_pool3d", "memory_format_of", "resize_trilinear"]
+__all__ = [
+    "FEW_INPUT_CHANNELS",
+    "Conv3d",
+    "conv3d",
+    "conv3d_replicated",
+    "max_pool3d",
+    "memory_format_of",
+    "resize_trilinear",
+]
 
 FEW_INPUT_CHANNELS = 4
 """Split layout: a forward whose groups have fewer input channels than this runs channels-last."""
@@ -100,6 +112,43 @@ def conv3d(
     return F.conv3d(x, weight, bias, stride, padding, 1, groups)
 
 
+def conv3d_replicated(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    padding: tuple[int, int, int],
+    slices: int,
+) -> Tensor:
+    """``F.conv3d`` (stride 1) of the slab made of ``slices`` copies of the single slice ``x``, as one ``conv2d``.
+
+    Output slice j sums the kernel taps t whose input slice ``j + t - padding[2]`` exists; all of
+    them read the same slice, so slice j is ``conv2d(x, sum of those taps)``, and the ``slices``
+    summed kernels run as one ``conv2d`` with ``slices`` x O output channels.
+
+    Shapes:
+        x: (B, C, H, W, 1), weight: (O, C, kh, kw, ks) -> (B, O, H', W', slices), in ``x``'s
+        memory format; equal to ``F.conv3d(x.expand(..., slices), ...)`` up to float rounding.
+    """
+    if x.shape[-1] != 1:
+        raise ValueError(f"conv3d_replicated needs a single slice, got {tuple(x.shape)}")
+    o, ks, ps = weight.shape[0], weight.shape[-1], padding[2]
+    if ks != 2 * ps + 1:
+        raise ValueError(
+            f"conv3d_replicated keeps the slab depth: kernel {ks} along S needs padding {(ks - 1) // 2}"
+        )
+    kernels = []
+    for j in range(slices):
+        taps = [t for t in range(ks) if 0 <= j + t - ps < slices]
+        if not taps:
+            raise ValueError(f"output slice {j} of {slices} reads no input slice (kernel {ks}, padding {ps})")
+        kernels.append(weight[..., taps].sum(-1))
+    stacked = torch.cat(kernels)  # (slices * O, C, kh, kw): slice-major, as the reshape below reads it
+    y = F.conv2d(x[..., 0], stacked, None if bias is None else bias.repeat(slices), 1, padding[:2])
+    b, _, h, w = y.shape
+    out = y.reshape(b, slices, o, h, w).permute(0, 2, 3, 4, 1)
+    return out.contiguous(memory_format=memory_format_of(x))
+
+
 class _SplitLayoutConv3d(torch.autograd.Function):
     """``F.conv3d`` (dilation 1) with the split layout of the module docstring.
 
@@ -113,7 +162,13 @@ class _SplitLayoutConv3d(torch.autograd.Function):
         ctx.conf = (stride, padding, groups, bias is not None)
         fmt = torch.channels_last_3d if weight.shape[1] < FEW_INPUT_CHANNELS else torch.contiguous_format
         return F.conv3d(
-            x.contiguous(memory_format=fmt), weight.contiguous(memory_format=fmt), bias, stride, padding, 1, groups
+            x.contiguous(memory_format=fmt),
+            weight.contiguous(memory_format=fmt),
+            bias,
+            stride,
+            padding,
+            1,
+            groups,
         )
 
     @staticmethod
@@ -159,7 +214,11 @@ def resize_trilinear(x: Tensor, size: tuple[int, int, int], planar: bool = True)
     if planar and (s_in == s_out or s_in == 1):
         y = F.interpolate(_slices_to_batch(x), size=size[:2], mode="bilinear", align_corners=True)
         y = _batch_to_slices(y, s_in, x)
-        return y if s_in == s_out else y.expand(*y.shape[:-1], s_out).contiguous(memory_format=memory_format_of(x))
+        return (
+            y
+            if s_in == s_out
+            else y.expand(*y.shape[:-1], s_out).contiguous(memory_format=memory_format_of(x))
+        )
     return F.interpolate(x, size=size, mode="trilinear", align_corners=True)
 
 
@@ -180,4 +239,25 @@ class Conv3d(nn.Conv3d):
             or any(d != 1 for d in self.dilation)
         ):
             return super()._conv_forward(input, weight, bias)
-        return conv3d(input, weight, bias, self.stride, self.padding, self.groups, self.planar, self.split_layout)
+        return conv3d(
+            input, weight, bias, self.stride, self.padding, self.groups, self.planar, self.split_layout
+        )
+
+    def forward_replicated(self, x: Tensor, slices: int) -> Tensor:
+        """This convolution over ``slices`` copies of the single slice ``x`` (B, C, H, W, 1).
+
+        :func:`conv3d_replicated` when ``planar`` and the convolution is a plain one (stride 1,
+        zero padding, no dilation or groups); otherwise the 3D convolution of the expanded slab.
+        """
+        plain = (
+            self.padding_mode == "zeros"
+            and not isinstance(self.padding, str)
+            and all(d == 1 for d in self.dilation)
+            and all(st == 1 for st in self.stride)
+            and self.groups == 1
+            and self.kernel_size[2] == 2 * self.padding[2] + 1
+        )
+        if self.planar and plain and x.shape[-1] == 1:
+            return conv3d_replicated(x, self.weight, self.bias, self.padding, slices)
+        fmt = memory_format_of(x)
+        return self(x.expand(*x.shape[:-1], slices).contiguous(memory_format=fmt))
