@@ -279,3 +279,40 @@ def test_sentence_context_rejects_flash_attention():
     cfg = TextTowerConfig(name="random", arch=GPT2, sentence_context="sentence", attn_implementation="flash_attention_2")
     with pytest.raises(ConfigError, match="sentence_context=sentence"):
         TextTower(cfg)
+
+
+@pytest.mark.parametrize("arch,fields", [(BERT, ("hidden_dropout_prob", "attention_probs_dropout_prob")),
+                                         (GPT2, ("resid_pdrop", "embd_pdrop", "attn_pdrop"))])  # fmt: skip
+def test_text_dropout_switch_sets_the_language_models_dropout(arch, fields):
+    common = dict(name="random", arch=arch, max_length=64, lora_dropout=0.0, gradient_checkpointing=False)
+    kept = TextTower(TextTowerConfig(**common))
+    off = TextTower(TextTowerConfig(**common, dropout=0.0))
+    assert all(getattr(kept.base_model().config, f) == 0.1 for f in fields)  # transformers' defaults
+    assert all(getattr(off.base_model().config, f) == 0.0 for f in fields)
+    assert {m.p for m in kept.modules() if isinstance(m, torch.nn.Dropout)} == {0.1}
+    assert {m.p for m in off.modules() if isinstance(m, torch.nn.Dropout)} <= {0.0}
+    enc = off.tokenizer(REPORTS)
+    off.train(), kept.train()
+    torch.manual_seed(0)
+    a, b = (off(enc["input_ids"], enc["attention_mask"]).pooled for _ in range(2))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)  # training mode, and yet deterministic
+    c, d = (kept(enc["input_ids"], enc["attention_mask"]).pooled for _ in range(2))
+    assert not torch.equal(c, d)
+
+
+def test_text_dropout_on_the_pretrained_minilm_keeps_its_weights():
+    common = dict(name="minilm", max_length=32, gradient_checkpointing=False)
+    kept, off = TextTower(TextTowerConfig(**common)), TextTower(TextTowerConfig(**common, dropout=0.0))
+    assert kept.base_model().config.hidden_dropout_prob == 0.1  # the published config
+    assert off.base_model().config.attention_probs_dropout_prob == 0.0
+    for (name, p), q in zip(kept.state_dict().items(), off.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def test_text_dropout_is_validated():
+    from medlearn.mama.config import MamaConfig, validate
+
+    cfg = MamaConfig()
+    cfg.model.text.dropout = 1.0
+    with pytest.raises(ConfigError, match=r"model.text.dropout must be in \[0, 1\)"):
+        validate(cfg)

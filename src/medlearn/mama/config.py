@@ -68,6 +68,11 @@ class TextTowerConfig:
             ``max_length``, not to the longest report of the batch).
         lora_r, lora_alpha, lora_dropout: LoRA hyper-parameters (paper: 8, 32, 0.1); ``lora_r: 0``
             trains nothing in the text tower.
+        dropout: dropout inside the language model (its hidden-state and attention-probability
+            dropout fields, whatever the architecture calls them: BERT ``hidden_dropout_prob``
+            and ``attention_probs_dropout_prob``, GPT-2 ``resid_pdrop``, ``embd_pdrop`` and
+            ``attn_pdrop``, Llama ``attention_dropout``); null (default) keeps the model's own
+            config, as the reference does (MiniLM: 0.1; Meditron: 0). ``lora_dropout`` is separate.
         lora_target_modules: module names to adapt; empty = per architecture (GPT-2 ``c_attn``,
             Llama ``q_proj k_proj v_proj o_proj``, BERT ``query value``).
         init_seed: seed of the random initialisation for ``name: random``.
@@ -104,6 +109,7 @@ class TextTowerConfig:
     lora_r: int = 8
     lora_alpha: int = 32
     lora_dropout: float = 0.1
+    dropout: float | None = None
     lora_target_modules: list[str] = field(default_factory=list)
     init_seed: int = 0
     gradient_checkpointing: bool = True
@@ -376,6 +382,8 @@ def validate(cfg: MamaConfig) -> None:
     t = cfg.model.text
     if t.lora_r < 0:
         raise ConfigError(f"model.text.lora_r must be >= 0, got {t.lora_r}")
+    if t.dropout is not None and not 0.0 <= t.dropout < 1.0:
+        raise ConfigError(f"model.text.dropout must be in [0, 1) or null, got {t.dropout}")
     if t.max_length < 2:
         raise ConfigError(f"model.text.max_length must be >= 2, got {t.max_length}")
     if t.max_sentences < 0:

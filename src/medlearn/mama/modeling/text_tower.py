@@ -235,6 +235,36 @@ def masked_mean(hidden: Tensor, mask: Tensor) -> Tensor:
     return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
 
 
+DROPOUT_FIELDS = (
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "resid_pdrop",
+    "embd_pdrop",
+    "attn_pdrop",
+    "hidden_dropout",
+    "attention_dropout",
+)
+"""Config fields of Hugging Face language models that hold a dropout probability."""
+
+
+def set_dropout(hf_cfg: Any, p: float | None) -> None:
+    """Set every :data:`DROPOUT_FIELDS` entry ``hf_cfg`` has to ``p`` (``model.text.dropout``); None = keep.
+
+    Raises:
+        ConfigError: when ``p`` is given and the config has none of those fields.
+    """
+    if p is None:
+        return
+    present = [f for f in DROPOUT_FIELDS if hasattr(hf_cfg, f)]
+    if not present:
+        raise ConfigError(
+            f"model.text.dropout: the {hf_cfg.model_type} config has none of the dropout fields "
+            f"{', '.join(DROPOUT_FIELDS)}; leave model.text.dropout null"
+        )
+    for f in present:
+        setattr(hf_cfg, f, float(p))
+
+
 def build_language_model(cfg: TextTowerConfig, tokenizer: ReportTokenizer) -> nn.Module:
     """The base model (no LM head) from a name / directory, or random from ``cfg.arch`` sized to ``tokenizer``."""
     from transformers import AutoConfig, AutoModel
@@ -257,11 +287,18 @@ def build_language_model(cfg: TextTowerConfig, tokenizer: ReportTokenizer) -> nn
             hf_cfg = AutoConfig.for_model(model_type, **{**special, **arch})
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"model.text.arch: {exc}") from None
+        set_dropout(hf_cfg, cfg.dropout)
         return AutoModel.from_config(hf_cfg, attn_implementation=cfg.attn_implementation)
     src = _source(cfg.name)
+    local = Path(src).is_dir()
     try:
+        kwargs: dict[str, Any] = {}
+        if cfg.dropout is not None:
+            hf_cfg = AutoConfig.from_pretrained(src, local_files_only=local)
+            set_dropout(hf_cfg, cfg.dropout)
+            kwargs["config"] = hf_cfg
         return AutoModel.from_pretrained(
-            src, local_files_only=Path(src).is_dir(), attn_implementation=cfg.attn_implementation
+            src, local_files_only=local, attn_implementation=cfg.attn_implementation, **kwargs
         )
     except (OSError, ValueError) as exc:
         raise ConfigError(f"model.text.name='{cfg.name}': cannot load the language model ({exc})") from None
