@@ -66,15 +66,13 @@ def test_conv3d_module_keeps_the_state_dict_of_nn_conv3d():
     torch.testing.assert_close(ours(x), plain(x), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("arch", sorted(ARCH_SWITCHES))
-def test_networks_with_planar_ops_equal_the_3d_networks(arch):
-    """Whole generators (every ablation) and the critic, forward and parameter gradients (float32 rounding)."""
+def _assert_generators_agree(arch: str, variants: list[dict]) -> None:
+    """Two generator variants with the same weights: output and every parameter gradient agree."""
     torch.manual_seed(0)
-    kw = dict(base_width=2, depth=3, latent=4, **ARCH_SWITCHES[arch])
-    nets = [MCUNet(**kw, planar=p, channels_last=True) for p in (True, False)]
+    kw = dict(base_width=2, depth=3, latent=4, channels_last=True, **ARCH_SWITCHES[arch])
+    nets = [MCUNet(**kw, **v) for v in variants]
     nets[1].load_state_dict(nets[0].state_dict())
-    t1, fl = torch.rand(2, 1, 24, 24, 3), torch.rand(2, 1, 24, 24, 3)
-    lr = torch.rand(2, 1, 8, 8)
+    t1, fl, lr = torch.rand(2, 1, 24, 24, 3), torch.rand(2, 1, 24, 24, 3), torch.rand(2, 1, 8, 8)
     n, met, lam = torch.tensor([2, 3]), torch.tensor([0, 5]), torch.tensor([0.0, 0.7])
     outs = []
     for net in nets:
@@ -84,6 +82,12 @@ def test_networks_with_planar_ops_equal_the_3d_networks(arch):
     torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-6)
     for a, b in zip(outs[0][1], outs[1][1]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCH_SWITCHES))
+def test_networks_with_planar_ops_equal_the_3d_networks(arch):
+    """Whole generators (every ablation) and the critic, forward and parameter gradients (float32 rounding)."""
+    _assert_generators_agree(arch, [dict(planar=True), dict(planar=False)])
     critics = [Critic(width=2, n_blocks=3, input_shape=(24, 24, 3), planar=p) for p in (True, False)]
     critics[1].load_state_dict(critics[0].state_dict())
     x = torch.rand(2, 4, 24, 24, 3)
@@ -127,20 +131,7 @@ def test_split_layout_conv3d_equals_conv3d(xs, ws, padding, groups, channels_las
 
 def test_split_layout_generator_equals_the_default_generator():
     """A whole MCM generator, forward and every parameter gradient (float32 rounding)."""
-    torch.manual_seed(0)
-    kw = dict(base_width=2, depth=3, latent=4, **ARCH_SWITCHES["mcm"])
-    nets = [MCUNet(**kw, split_layout=s, channels_last=True) for s in (True, False)]
-    nets[1].load_state_dict(nets[0].state_dict())
-    t1, fl, lr = torch.rand(2, 1, 24, 24, 3), torch.rand(2, 1, 24, 24, 3), torch.rand(2, 1, 8, 8)
-    n, met, lam = torch.tensor([2, 3]), torch.tensor([0, 5]), torch.tensor([0.0, 0.7])
-    outs = []
-    for net in nets:
-        y = net(t1, fl, lr, n, met, lam)
-        y.pow(2).sum().backward()
-        outs.append((y, [p.grad for p in net.parameters()]))
-    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-6)
-    for a, b in zip(outs[0][1], outs[1][1]):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    _assert_generators_agree("mcm", [dict(split_layout=True), dict(split_layout=False)])
 
 
 @pytest.mark.parametrize("ws,padding,slices", [((4, 3, 3, 3, 3), (1, 1, 1), 3), ((2, 3, 3, 3, 1), (1, 1, 0), 3),
