@@ -165,3 +165,12 @@ def test_conv3d_replicated_refuses_a_slab_and_a_depth_changing_kernel():
         conv3d_replicated(torch.zeros(1, 1, 4, 4, 3), torch.zeros(1, 1, 3, 3, 3), None, (1, 1, 1), 3)
     with pytest.raises(ValueError, match="keeps the slab depth"):
         conv3d_replicated(torch.zeros(1, 1, 4, 4, 1), torch.zeros(1, 1, 3, 3, 3), None, (1, 1, 0), 3)
+
+
+@pytest.mark.parametrize("planar", [True, False])
+def test_conv3d_module_forward_replicated_equals_the_copied_slab(planar):
+    """Both the one-conv2d path (planar) and the fallback (3D over the expanded slab) against F.conv3d."""
+    conv = Conv3d(3, 4, 3, padding=1, planar=planar).double()
+    x = torch.randn(2, 3, 6, 5, 1, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    ref = F.conv3d(x.expand(2, 3, 6, 5, 3), conv.weight, conv.bias, 1, 1)
+    torch.testing.assert_close(conv.forward_replicated(x, 3), ref, rtol=1e-12, atol=1e-12)

@@ -21,7 +21,8 @@ forward in the plain NCDHW layout (in channels-last when a group has fewer than
 :data:`FEW_INPUT_CHANNELS` input channels) and the backward in channels-last.  On this machine's
 oneDNN those are the faster kernels for each pass at the MRSI shapes (the backward of a grouped
 per-sample convolution is 2-4x faster in channels-last, its forward 1.3-1.7x faster in the plain
-layout; see docs/mrsi.md), whatever layout the activations arrive in.
+layout; see docs/mrsi.md), whatever layout the activations arrive in.  A grouped backward that
+needs only the input gradient stays in the input's layout, where it is as fast without copies.
 
 Every other case falls back to the 3D operation.  The results equal the 3D ones up to float
 rounding (a different summation order); ``planar=False`` runs the 3D operations everywhere (the
@@ -139,8 +140,6 @@ def conv3d_replicated(
     kernels = []
     for j in range(slices):
         taps = [t for t in range(ks) if 0 <= j + t - ps < slices]
-        if not taps:
-            raise ValueError(f"output slice {j} of {slices} reads no input slice (kernel {ks}, padding {ps})")
         kernels.append(weight[..., taps].sum(-1))
     stacked = torch.cat(kernels)  # (slices * O, C, kh, kw): slice-major, as the reshape below reads it
     y = F.conv2d(x[..., 0], stacked, None if bias is None else bias.repeat(slices), 1, padding[:2])
@@ -176,11 +175,12 @@ class _SplitLayoutConv3d(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         stride, padding, groups, has_bias = ctx.conf
         need = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]]
-        cl = torch.channels_last_3d if (need[1] or groups == 1) else memory_format_of(x)
+        # channels-last, except an input-gradient-only grouped backward: as fast in x's layout, no copies
+        fmt = torch.channels_last_3d if (need[1] or groups == 1) else memory_format_of(x)
         gx, gw, gb = torch.ops.aten.convolution_backward(
-            grad.contiguous(memory_format=cl),
-            x.contiguous(memory_format=cl),
-            weight.contiguous(memory_format=cl),
+            grad.contiguous(memory_format=fmt),
+            x.contiguous(memory_format=fmt),
+            weight.contiguous(memory_format=fmt),
             [weight.shape[0]] if has_bias else None,
             list(stride),
             list(padding),
