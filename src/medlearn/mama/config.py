@@ -73,6 +73,13 @@ class TextTowerConfig:
             and ``attention_probs_dropout_prob``, GPT-2 ``resid_pdrop``, ``embd_pdrop`` and
             ``attn_pdrop``, Llama ``attention_dropout``); null (default) keeps the model's own
             config, as the reference does (MiniLM: 0.1; Meditron: 0). ``lora_dropout`` is separate.
+        fast_dropout: on CPU, draw the dropout masks of the language model (hidden states and,
+            with ``attn_implementation: sdpa``, attention probabilities) and of LoRA four to a
+            64-bit random number (:mod:`medlearn.mama.modeling.dropout`): the same Bernoulli
+            masks (probability rounded to a multiple of 2^-16: 0.1 -> 0.1000061) and scaling from
+            a different stream of the same seeded generator, 2.5x cheaper per call; attention with
+            dropout then also skips SDPA's slow generic CPU path. true (default); false = torch's
+            ``dropout`` and SDPA's (the reference). No effect on a GPU or in evaluation.
         lora_target_modules: module names to adapt; empty = per architecture (GPT-2 ``c_attn``,
             Llama ``q_proj k_proj v_proj o_proj``, BERT ``query value``).
         init_seed: seed of the random initialisation for ``name: random``.
@@ -81,6 +88,14 @@ class TextTowerConfig:
         padding: ``max_length`` pads every batch to ``max_length`` tokens (fixed shapes: no
             recompilation, tokenised in the DataLoader workers); ``longest`` pads to the batch's
             longest report (less compute on CPU). ``pooling: all_tokens`` always pads to ``max_length``.
+        length_groups: sub-batches the text tower encodes the reports in, by length: the reports
+            are sorted by their number of tokens and split into this many runs (boundaries chosen
+            to pad as few tokens as possible), each padded only to its own longest report. Every
+            report is encoded on its own in any case (padding is masked), so the features are the
+            same; only the padded tokens the layers compute are fewer. 1 (default) = one batch
+            padded to its longest report, as the reference. Needs ``pooling: masked_mean`` and
+            right-side padding; costs one host synchronisation per step (the lengths), so it is
+            meant for CPUs (the ``tiny`` and ``demo`` presets use 3).
         max_sentences: sentence slots S of the SLA features (fixed, so no shape depends on the
             data and no host synchronisation is needed); separators after the S-th are ignored.
             0 = as many slots as the batch's longest report (one host sync per step; the former
@@ -110,11 +125,13 @@ class TextTowerConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.1
     dropout: float | None = None
+    fast_dropout: bool = True
     lora_target_modules: list[str] = field(default_factory=list)
     init_seed: int = 0
     gradient_checkpointing: bool = True
     checkpoint_every_n_layers: int = 1
     padding: Literal["max_length", "longest"] = "max_length"
+    length_groups: int = 1
     max_sentences: int = 16
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     sentence_context: Literal["report", "sentence"] = "report"
@@ -386,6 +403,13 @@ def validate(cfg: MamaConfig) -> None:
         raise ConfigError(f"model.text.dropout must be in [0, 1) or null, got {t.dropout}")
     if t.max_length < 2:
         raise ConfigError(f"model.text.max_length must be >= 2, got {t.max_length}")
+    if t.length_groups < 1:
+        raise ConfigError(f"model.text.length_groups must be >= 1, got {t.length_groups}")
+    if t.length_groups > 1 and t.pooling == "all_tokens":
+        raise ConfigError(
+            "model.text.length_groups > 1 needs model.text.pooling=masked_mean (all_tokens averages "
+            "the padding too, so it depends on how far each report is padded)"
+        )
     if t.max_sentences < 0:
         raise ConfigError(
             f"model.text.max_sentences must be >= 0 (0 = longest report), got {t.max_sentences}"

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from medlearn.errors import ConfigError
 from medlearn.mama.config import TextTowerConfig
+from medlearn.mama.modeling.dropout import use_fast_attention_dropout, use_fast_dropout
 from medlearn.mama.modeling.image_tower import check_attention, enable_checkpointing
 
 log = logging.getLogger(__name__)
@@ -229,6 +230,42 @@ def sentence_attention_mask(is_sep: Tensor, attention_mask: Tensor, causal: bool
     )
 
 
+def length_runs(lengths: list[int], groups: int) -> list[list[int]]:
+    """Split a batch into at most ``groups`` runs of similar length, padding as few tokens as possible.
+
+    Items are sorted by length and cut into contiguous runs; a run costs (its size) x (its longest),
+    the tokens its padded batch holds. Exact dynamic programme over the cut points; among equal
+    costs the fewest runs win (every run is one more forward call).
+
+    Args:
+        lengths: tokens of each item (B values).
+        groups: the most runs.
+    Returns:
+        Runs of batch indices (each ascending by length) that together cover ``range(B)`` once.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    ls = [lengths[i] for i in order]
+    n = len(ls)
+    inf = float("inf")
+    # best[g][j]: fewest padded tokens covering the j shortest items with g runs; cut[g][j]: last run's start
+    best = [[inf] * (n + 1) for _ in range(groups + 1)]
+    cut = [[0] * (n + 1) for _ in range(groups + 1)]
+    best[0][0] = 0
+    for g in range(1, groups + 1):
+        for j in range(1, n + 1):
+            for i in range(g - 1, j):
+                c = best[g - 1][i] + (j - i) * ls[j - 1]
+                if c < best[g][j]:
+                    best[g][j], cut[g][j] = c, i
+    g = min(range(1, min(groups, n) + 1), key=lambda k: (best[k][n], k))
+    runs, j = [], n
+    while g > 0:
+        i = cut[g][j]
+        runs.append(order[i:j])
+        j, g = i, g - 1
+    return runs[::-1]
+
+
 def masked_mean(hidden: Tensor, mask: Tensor) -> Tensor:
     """(B, L, D), (B, L) -> (B, D) mean over positions where ``mask`` is 1."""
     m = mask.to(hidden.dtype).unsqueeze(-1)
@@ -335,6 +372,11 @@ class TextTower(nn.Module):
                 "model.text.sentence_context=sentence needs a custom attention mask, which "
                 "flash_attention_2 does not take; use model.text.attn_implementation=sdpa"
             )
+        if cfg.length_groups > 1 and getattr(hf_tok, "padding_side", "right") != "right":
+            raise ConfigError(
+                f"model.text.length_groups={cfg.length_groups} needs a tokenizer that pads on the right; "
+                f"this one pads on the {hf_tok.padding_side} (set model.text.length_groups=1)"
+            )
         if cfg.name == "random":
             model_type = str(cfg.arch.get("model_type", ""))
         else:
@@ -368,6 +410,8 @@ class TextTower(nn.Module):
             base.config.use_cache = False
         self.width = int(base.config.hidden_size)
         base.requires_grad_(False)
+        if cfg.fast_dropout:
+            use_fast_attention_dropout(base)
         if cfg.gradient_checkpointing:
             enable_checkpointing(base, cfg.checkpoint_every_n_layers)
             base.enable_input_require_grads()
@@ -382,17 +426,46 @@ class TextTower(nn.Module):
                 fan_in_fan_out=model_type == "gpt2",
                 bias="none",
             )
-            return get_peft_model(base, lcfg)
+            base = get_peft_model(base, lcfg)
+        if cfg.fast_dropout:
+            use_fast_dropout(base)
         return base
 
     def base_model(self) -> nn.Module:
         """The underlying transformers model (with LoRA layers injected when LoRA is on)."""
         return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
 
+    def last_hidden(self, input_ids: Tensor, attention_mask: Tensor, blocks: Tensor | None = None) -> Tensor:
+        """The language model's last hidden states (B, L, D).
+
+        Args:
+            input_ids: (B, L) token ids, padded on the right.
+            attention_mask: (B, L) 1 for real tokens.
+            blocks: optional (B, 1, L, L) attention mask passed to the model instead of
+                ``attention_mask`` (the sentence-only pass).
+        With ``model.text.length_groups`` > 1 the reports are encoded in runs of similar length
+        (:func:`length_runs`), each cut to its own longest report; padding positions are then zero.
+        """
+        mask = attention_mask if blocks is None else blocks
+        if self.cfg.length_groups <= 1 or input_ids.shape[0] < 2:
+            return self.lm(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        lengths = [int(v) for v in attention_mask.sum(dim=1).tolist()]  # one host sync
+        total = input_ids.shape[1]
+        parts, order = [], []
+        for run in length_runs(lengths, self.cfg.length_groups):
+            n = max(lengths[i] for i in run)
+            idx = torch.tensor(run, device=input_ids.device)
+            m = attention_mask[idx, :n] if blocks is None else blocks[idx][:, :, :n, :n]
+            h = self.lm(input_ids=input_ids[idx, :n], attention_mask=m).last_hidden_state
+            parts.append(nn.functional.pad(h, (0, 0, 0, total - n)))
+            order.extend(run)
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        return torch.cat(parts).index_select(0, inverse.to(input_ids.device))
+
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> TextFeatures:
         """(B, L) ids and mask -> pooled (B, D), sentences (B, S, D), sentence_mask (B, S)."""
-        out = self.lm(input_ids=input_ids, attention_mask=attention_mask)
-        hidden = out.last_hidden_state
+        hidden = self.last_hidden(input_ids, attention_mask)
         if self.cfg.pooling == "masked_mean":
             pooled = masked_mean(hidden, attention_mask)
         else:  # reference: mean over every position, padding included
@@ -401,6 +474,6 @@ class TextTower(nn.Module):
         if self.cfg.sentence_context == "sentence":
             additive = hidden.dtype if self.cfg.attn_implementation == "eager" else None
             blocks = sentence_attention_mask(is_sep, attention_mask, self.kind == "causal", additive)
-            hidden = self.lm(input_ids=input_ids, attention_mask=blocks).last_hidden_state
+            hidden = self.last_hidden(input_ids, attention_mask, blocks)
         sentences, smask = sentence_states(hidden, is_sep, self.cfg.max_sentences)
         return TextFeatures(pooled=pooled, sentences=sentences, sentence_mask=smask)
