@@ -163,6 +163,23 @@ def test_fast_dropout_tower_equals_the_plain_tower_in_evaluation_and_trains(arch
     assert grads and all(gr is not None and torch.isfinite(gr).all() for gr in grads)
 
 
+def test_fast_dropout_masks_replay_under_gradient_checkpointing():
+    """Checkpointed layers recompute their forward in the backward: the same masks must come back."""
+    common = dict(name="random", arch=BERT, max_length=96, lora_dropout=0.1)
+    plain = TextTower(TextTowerConfig(**common, gradient_checkpointing=False)).train()
+    ckpt = TextTower(TextTowerConfig(**common, gradient_checkpointing=True)).train()
+    ckpt.load_state_dict(plain.state_dict())
+    enc = plain.tokenizer(REPORTS)
+    for tower in (plain, ckpt):
+        torch.manual_seed(7)
+        feats = tower(enc["input_ids"], enc["attention_mask"])
+        (feats.pooled.square().sum() + feats.sentences.square().sum()).backward()
+    named = dict(ckpt.named_parameters())
+    for name, p in plain.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(named[name].grad, p.grad, atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("lengths,groups", [([5, 9, 3, 10, 4], 2), ([7, 7, 7, 7], 3), ([3, 8, 1, 9, 2, 8, 5], 3), ([4], 3)])
 def test_length_runs_pad_the_fewest_tokens(lengths, groups):
     """Against brute force over every split of the batch into at most ``groups`` sets."""

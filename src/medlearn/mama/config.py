@@ -95,7 +95,7 @@ class TextTowerConfig:
             same; only the padded tokens the layers compute are fewer. 1 (default) = one batch
             padded to its longest report, as the reference. Needs ``pooling: masked_mean`` and
             right-side padding; costs one host synchronisation per step (the lengths), so it is
-            meant for CPUs (the ``tiny`` and ``demo`` presets use 3).
+            meant for CPUs (the ``demo`` preset uses 3).
         max_sentences: sentence slots S of the SLA features (fixed, so no shape depends on the
             data and no host synchronisation is needed); separators after the S-th are ignored.
             0 = as many slots as the batch's longest report (one host sync per step; the former

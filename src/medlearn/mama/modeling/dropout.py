@@ -114,7 +114,8 @@ def fast_dropout_attention(
 
     extras = any(kwargs.get(k) is not None for k in ("position_bias", "softcap", "sliding_window", "s_aux"))
     q_len, k_len = query.shape[2], key.shape[2]
-    if dropout == 0.0 or not module.training or query.device.type != "cpu" or extras or q_len != k_len:
+    plain = dropout == 0.0 or round(dropout * LEVELS) >= LEVELS or not module.training
+    if plain or query.device.type != "cpu" or extras or q_len != k_len:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
         )
