@@ -250,3 +250,20 @@ def test_length_groups_refuse_a_tokenizer_that_pads_on_the_left(monkeypatch):
     with pytest.raises(ConfigError, match="pads on the right"):
         TextTower(TextTowerConfig(name="random", arch=BERT, length_groups=2, gradient_checkpointing=False))
     TextTower(TextTowerConfig(name="random", arch=BERT, length_groups=1, gradient_checkpointing=False))
+
+
+def test_off_cpu_both_paths_hand_over_to_torch(monkeypatch):
+    """On any device but the CPU (here PyTorch's shape-only ``meta`` device) no fast mask is drawn."""
+    import medlearn.mama.modeling.dropout as dropout
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("keep_mask called off the CPU")
+
+    monkeypatch.setattr(dropout, "keep_mask", refuse)
+    x = torch.empty(2, 5, 8, device="meta")
+    y = FastDropout(0.1).train()(x)
+    assert y.device.type == "meta" and y.shape == x.shape
+    q = torch.empty(2, 4, 5, 4, device="meta")
+    k = v = torch.empty(2, 2, 5, 4, device="meta")  # two query heads per key head
+    out, _ = fast_dropout_attention(_Attn().train(), q, k, v, None, dropout=0.1)
+    assert out.device.type == "meta" and out.shape == (2, 5, 4, 4)
