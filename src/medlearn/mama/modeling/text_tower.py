@@ -453,7 +453,7 @@ class TextTower(nn.Module):
         total = input_ids.shape[1]
         parts, order = [], []
         for run in length_runs(lengths, self.cfg.length_groups):
-            n = max(lengths[i] for i in run)
+            n = max(1, *(lengths[i] for i in run))  # an empty report still keeps one position
             idx = torch.tensor(run, device=input_ids.device)
             m = attention_mask[idx, :n] if blocks is None else blocks[idx][:, :, :n, :n]
             h = self.lm(input_ids=input_ids[idx, :n], attention_mask=m).last_hidden_state
