@@ -435,7 +435,23 @@ class TextTower(nn.Module):
         """The underlying transformers model (with LoRA layers injected when LoRA is on)."""
         return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
 
-    def last_hidden(self, input_ids: Tensor, attention_mask: Tensor, blocks: Tensor | None = None) -> Tensor:
+    def length_plan(self, attention_mask: Tensor) -> tuple[list[int], list[list[int]]] | None:
+        """Token counts (B,) and :func:`length_runs` of a batch; None when ``length_groups`` is 1 or B < 2.
+
+        One host synchronisation (the counts), made once per batch.
+        """
+        if self.cfg.length_groups <= 1 or attention_mask.shape[0] < 2:
+            return None
+        lengths = [int(v) for v in attention_mask.sum(dim=1).tolist()]
+        return lengths, length_runs(lengths, self.cfg.length_groups)
+
+    def last_hidden(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        blocks: Tensor | None = None,
+        plan: tuple[list[int], list[list[int]]] | None = None,
+    ) -> Tensor:
         """The language model's last hidden states (B, L, D).
 
         Args:
@@ -443,16 +459,17 @@ class TextTower(nn.Module):
             attention_mask: (B, L) 1 for real tokens.
             blocks: optional (B, 1, L, L) attention mask passed to the model instead of
                 ``attention_mask`` (the sentence-only pass).
-        With ``model.text.length_groups`` > 1 the reports are encoded in runs of similar length
-        (:func:`length_runs`), each cut to its own longest report; padding positions are then zero.
+            plan: :meth:`length_plan` of the batch; None = one batch. With a plan the reports are
+                encoded in runs of similar length, each cut to its own longest report; padding
+                positions are then zero.
         """
         mask = attention_mask if blocks is None else blocks
-        if self.cfg.length_groups <= 1 or input_ids.shape[0] < 2:
+        if plan is None:
             return self.lm(input_ids=input_ids, attention_mask=mask).last_hidden_state
-        lengths = [int(v) for v in attention_mask.sum(dim=1).tolist()]  # one host sync
+        lengths, runs = plan
         total = input_ids.shape[1]
         parts, order = [], []
-        for run in length_runs(lengths, self.cfg.length_groups):
+        for run in runs:
             n = max(1, *(lengths[i] for i in run))  # an empty report still keeps one position
             idx = torch.tensor(run, device=input_ids.device)
             m = attention_mask[idx, :n] if blocks is None else blocks[idx][:, :, :n, :n]
@@ -465,7 +482,8 @@ class TextTower(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> TextFeatures:
         """(B, L) ids and mask -> pooled (B, D), sentences (B, S, D), sentence_mask (B, S)."""
-        hidden = self.last_hidden(input_ids, attention_mask)
+        plan = self.length_plan(attention_mask)
+        hidden = self.last_hidden(input_ids, attention_mask, plan=plan)
         if self.cfg.pooling == "masked_mean":
             pooled = masked_mean(hidden, attention_mask)
         else:  # reference: mean over every position, padding included
@@ -474,6 +492,6 @@ class TextTower(nn.Module):
         if self.cfg.sentence_context == "sentence":
             additive = hidden.dtype if self.cfg.attn_implementation == "eager" else None
             blocks = sentence_attention_mask(is_sep, attention_mask, self.kind == "causal", additive)
-            hidden = self.last_hidden(input_ids, attention_mask, blocks)
+            hidden = self.last_hidden(input_ids, attention_mask, blocks, plan)
         sentences, smask = sentence_states(hidden, is_sep, self.cfg.max_sentences)
         return TextFeatures(pooled=pooled, sentences=sentences, sentence_mask=smask)
