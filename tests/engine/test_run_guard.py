@@ -249,5 +249,5 @@ def test_fit_applies_cpu_conv_without_the_context_manager(tmp_path, monkeypatch)
 
 
 def test_cpu_conv_rejects_an_unknown_backend():
-    with pytest.raises(ConfigError, match="engine.cpu_conv='mkl' is not one of onednn, native"):
+    with pytest.raises(ConfigError, match="engine.cpu_conv='mkl' is not one of onednn, native, auto"):
         EngineConfig(cpu_conv="mkl")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from medlearn.engine.conv_kernels import use_size_aware_convs
 from medlearn.engine.loop import prepare_run
 from medlearn.errors import ConfigError
 from medlearn.itl.config import STRATEGIES as NAMES
@@ -131,22 +132,25 @@ def test_identical_weights_give_zero_site_loss_with_batch_statistics(teacher):
 
 def test_channels_last_and_autocast_steps_match_the_default(tmp_path):
     """``train.memory_format=channels_last`` computes the same step (NHWC kernels), and so do
-    PyTorch's native CPU convolutions (``engine.cpu_conv=native``, oneDNN off); bf16 autocast (the
+    PyTorch's native CPU convolutions (``engine.cpu_conv=native``, oneDNN off) and the per-call
+    choice of ``engine.cpu_conv=auto``; bf16 autocast (the
     GPU's AMP path, here on the CPU) gives a loss within bf16 round-off of fp32 and finite gradients."""
     outs = {}
     for name, fmt, onednn in (("contiguous", "contiguous", True), ("channels_last", "channels_last", True),
-                              ("native", "channels_last", False)):  # fmt: skip
+                              ("native", "channels_last", False), ("auto", "channels_last", True)):  # fmt: skip
         hooks = _hooks(tmp_path / name, "itl", f"train.memory_format={fmt}")
         if fmt == "channels_last":
             hooks.model.to(memory_format=torch.channels_last)
             assert hooks.model.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+        if name == "auto":  # engine.cpu_conv=auto: the deep stages on the native kernel, the rest on oneDNN
+            assert use_size_aware_convs(hooks.model, hooks.teacher) > 0
         batch = next(iter(hooks.data.epoch(0, 0)))
         with hooks.accelerator.accumulate(*hooks.accumulate), torch.backends.mkldnn.flags(enabled=onednn):
             outs[name] = (hooks.train_step(batch, 0), copy.deepcopy(hooks.model.state_dict()))
     # one AdamW step moves a weight by about lr * sign(gradient): round-off may flip the sign of a
     # gradient that is nearly zero, so single weights may differ by up to 2 lr, not more
     lr = hooks.cfg.optim.lr
-    for name in ("channels_last", "native"):
+    for name in ("channels_last", "native", "auto"):
         torch.testing.assert_close(outs[name][0]["loss"], outs["contiguous"][0]["loss"], rtol=1e-5, atol=1e-6)
         for k, v in outs["contiguous"][1].items():
             assert (outs[name][1][k].float() - v.float()).abs().max() <= 2 * lr * 1.01, (name, k)

@@ -220,33 +220,44 @@ def _conflicting_sites(site_root, root):
 
 
 def test_continual_metrics_follow_r_and_replay_forgets_less_than_sequential(site_root, tmp_path):
+    """R's summaries equal their definitions, and replay forgets less than sequential training.
+
+    Thirty steps per phase on two tiny sites is chaotic: float round-off alone (oneDNN against
+    the native convolution kernels) moves one seed's forgetting by 0.2.  So the effect is asked
+    of every seed (replay < sequential) and by a margin of 0.1 on the mean of two seeds."""
     root = _conflicting_sites(site_root, tmp_path / "sites")
     common = ["data.heldout=[]", "train.steps_per_phase=30", f"data.cache_dir={tmp_path / 'cache'}"]
-    res = {
-        s: train_itl(tiny_cfg(root, tmp_path / s, f"train.strategy={s}", *common))
-        for s in ("sequential", "replay")
-    }
-    for r_res in res.values():
-        r, b = np.array(r_res["R"]), np.array([r_res["baseline"][s] for s in r_res["sites"]])
-        assert r.shape == (2, 2)
-        by_hand = {  # the definitions for T = 2 (R[i, j]: Dice on site j after phase i)
-            "ACC": (r[1, 0] + r[1, 1]) / 2,
-            "BWT": r[1, 0] - r[0, 0],
-            "forgetting": r[0, 0] - r[1, 0],
-            "FWT": r[0, 1] - b[1],
+    margins = []
+    for seed in (0, 1):
+        res = {
+            s: train_itl(
+                tiny_cfg(root, tmp_path / f"{s}{seed}", f"train.strategy={s}", f"engine.seed={seed}", *common)
+            )
+            for s in ("sequential", "replay")
         }
-        functions = {
-            "ACC": average_accuracy(r),
-            "BWT": backward_transfer(r),
-            "forgetting": forgetting(r),
-            "FWT": forward_transfer(r, b),
-        }
-        for key, value in by_hand.items():
-            assert r_res[key] == pytest.approx(value, abs=1e-12) == functions[key], key
-    seq, rep = res["sequential"], res["replay"]
-    assert seq["R"][0] == rep["R"][0]  # the same first phase (same seed, same data)
-    assert seq["forgetting"] > 0.1, seq["R"]  # training on inverted images costs the first site
-    assert rep["forgetting"] < seq["forgetting"] - 0.1, (rep["R"], seq["R"])  # exemplars of RUNMC help
+        for r_res in res.values():
+            r, b = np.array(r_res["R"]), np.array([r_res["baseline"][s] for s in r_res["sites"]])
+            assert r.shape == (2, 2)
+            by_hand = {  # the definitions for T = 2 (R[i, j]: Dice on site j after phase i)
+                "ACC": (r[1, 0] + r[1, 1]) / 2,
+                "BWT": r[1, 0] - r[0, 0],
+                "forgetting": r[0, 0] - r[1, 0],
+                "FWT": r[0, 1] - b[1],
+            }
+            functions = {
+                "ACC": average_accuracy(r),
+                "BWT": backward_transfer(r),
+                "forgetting": forgetting(r),
+                "FWT": forward_transfer(r, b),
+            }
+            for key, value in by_hand.items():
+                assert r_res[key] == pytest.approx(value, abs=1e-12) == functions[key], key
+        seq, rep = res["sequential"], res["replay"]
+        assert seq["R"][0] == rep["R"][0]  # the same first phase (same seed, same data)
+        assert seq["forgetting"] > 0.1, seq["R"]  # training on inverted images costs the first site
+        assert rep["forgetting"] < seq["forgetting"], (seed, rep["R"], seq["R"])  # exemplars of RUNMC help
+        margins.append(seq["forgetting"] - rep["forgetting"])
+    assert np.mean(margins) > 0.1, margins
 
 
 def test_a_run_failing_on_bad_data_leaves_no_run_folder(site_root, tmp_path):

@@ -163,10 +163,11 @@ class Run:
 
 @contextmanager
 def cpu_conv_kernels(engine: EngineConfig) -> Iterator[None]:
-    """``engine.cpu_conv`` for the block: oneDNN (``onednn``) or PyTorch's native CPU convolution
-    kernels (``native``); torch's process-wide switch is restored afterwards, also after an error."""
+    """``engine.cpu_conv`` for the block: oneDNN (``onednn``; also ``auto``, whose size-aware
+    convolutions pick the native kernel per call) or PyTorch's native CPU convolution kernels
+    (``native``); torch's process-wide switch is restored afterwards, also after an error."""
     before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = engine.cpu_conv == "onednn"
+    torch.backends.mkldnn.enabled = engine.cpu_conv != "native"
     try:
         yield
     finally:

@@ -8,7 +8,7 @@ from typing import Literal, get_args
 Precision = Literal["fp32", "bf16", "fp16", "no"]
 Device = Literal["auto", "cpu", "cuda"]
 OnExistingRun = Literal["resume", "move_aside"]
-CpuConv = Literal["onednn", "native"]
+CpuConv = Literal["onednn", "native", "auto"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)[:3]
 DEVICES: tuple[str, ...] = get_args(Device)
@@ -41,11 +41,13 @@ class EngineConfig:
         num_threads: torch intra-op CPU threads for this process; 0 keeps torch's default. On a
             shared or small CPU machine 1 avoids oversubscription (often many times faster).
         cpu_conv: convolution kernels on a CPU while a training command runs (process-wide,
-            restored when it ends): ``onednn`` (PyTorch's default) or ``native`` (PyTorch's own
-            im2col + GEMM kernels, ``torch.backends.mkldnn.enabled = False``). Measured on a
-            2-core CPU at one thread: ``native`` is faster for tiny feature maps and batches (the
-            ITL tiny preset, which sets it) and much slower for larger ones and for 3D
-            convolutions (ITL demo, MRSI). GPUs are not affected.
+            restored when it ends): ``onednn`` (PyTorch's default), ``native`` (PyTorch's own
+            im2col + GEMM kernels, ``torch.backends.mkldnn.enabled = False``) or ``auto`` (oneDNN,
+            except that each 2D convolution of the task's networks whose size favours the native
+            kernel takes it: :mod:`medlearn.engine.conv_kernels`). Measured on a 2-core CPU at one
+            thread: ``native`` is faster for tiny feature maps and batches and much slower for
+            larger ones and for 3D convolutions; ``auto`` takes the faster of the two per call
+            (the ITL ``tiny`` and ``demo`` presets set it). GPUs are not affected.
         on_existing_run: what a training command does when ``train.out`` already holds a run with
             checkpoints: ``resume`` (default) continues it when the configs differ only in keys that
             are safe to change (:data:`medlearn.engine.run_guard.SAFE_ON_RESUME`) and refuses
@@ -88,6 +90,6 @@ class EngineConfig:
                 f"engine.on_existing_run='{self.on_existing_run}' is not one of resume, move_aside"
             )
         if self.cpu_conv not in get_args(CpuConv):
-            raise ConfigError(f"engine.cpu_conv='{self.cpu_conv}' is not one of onednn, native")
+            raise ConfigError(f"engine.cpu_conv='{self.cpu_conv}' is not one of onednn, native, auto")
         if self.num_threads < 0:
             raise ConfigError(f"engine.num_threads must be >= 0 (0 = torch default), got {self.num_threads}")

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from medlearn.config import to_dict
 from medlearn.engine import backward_and_step, build_scheduler, seed_everything
 from medlearn.engine.compile import compile_modules
+from medlearn.engine.conv_kernels import apply_cpu_conv
 from medlearn.engine.loop import LoopSpec, Run, TrainHooks, fit, prepare_run
 from medlearn.engine.parameters import count_parameters
 from medlearn.errors import ConfigError
@@ -274,6 +275,7 @@ def _train_sequence(
     all_sites = sites + heldout
     seed_everything(seed)
     model = build_model(cfg.model, cfg.data.context).to(device, memory_format=memory_format(cfg, device))
+    apply_cpu_conv(cfg.engine, model)  # engine.cpu_conv=auto: each convolution picks its CPU kernel
     compile_modules(cfg.engine, model.encoder, model.target_decoder, model.source_decoder)
     init_state = copy.deepcopy(model.state_dict())
     n_params = count_parameters(model)

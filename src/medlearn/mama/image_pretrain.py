@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from medlearn.engine import backward_and_step, build_scheduler, seed_everything
 from medlearn.engine.compile import compile_modules
+from medlearn.engine.conv_kernels import apply_cpu_conv
 from medlearn.engine.loop import LoopSpec, Run, TrainHooks, fit, prepare_run
 from medlearn.mama.config import ImagePretrainConfig, ImageTowerConfig, MamaConfig
 
@@ -136,6 +137,7 @@ class ImagePretrainHooks(TrainHooks):
         seed_everything(cfg.engine.seed + 1000 * acc.process_index)
         self.params = [p for p in model.parameters() if p.requires_grad]
         optimizer = build_optimizer(self.params, cfg)
+        apply_cpu_conv(cfg.engine, model.backbone)
         compile_modules(cfg.engine, model.backbone)
         o = cfg.optim
         self.scheduler = build_scheduler(

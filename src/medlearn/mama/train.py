@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from medlearn.engine import backward_and_step, build_scheduler, describe_device, seed_everything
 from medlearn.engine.compile import compile_modules
+from medlearn.engine.conv_kernels import apply_cpu_conv
 from medlearn.engine.loop import LoopSpec, Run, SamplerData, TrainHooks, fit, prepare_run
 from medlearn.errors import ConfigError, DataError
 from medlearn.mama.config import MamaConfig
@@ -290,6 +291,7 @@ class MamaHooks(TrainHooks):
         self.counts = count_trainable(model)
         log.info("trainable parameters: %s; device %s", self.counts, describe_device(acc))
         optimizer = build_optimizer(self.params, cfg, list(model.image.parameters()))
+        apply_cpu_conv(cfg.engine, model.image, model.text)
         compile_modules(cfg.engine, model.image, model.text)  # in place; peft's LoRA layers included
         o = cfg.optim
         self.scheduler = build_scheduler(
