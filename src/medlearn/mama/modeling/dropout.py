@@ -82,16 +82,22 @@ def use_fast_dropout(module: nn.Module) -> int:
 def _attention_probs_dropout(
     query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scaling: float, p: float
 ) -> Tensor:
-    """(B, H, Q, d), (B, H, K, d) x2, (B|1, 1|H, Q, K) bool (True = attend) or additive mask -> (B, H, Q, d)."""
-    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    """(B, H, Q, d), (B, H, K, d) x2, (B|1, 1|H, Q, K) bool (True = attend) or additive mask -> (B, H, Q, d).
+
+    ``softmax(q k^T * scaling + mask) * keep / (1 - p)`` times v, arranged so that the (Q, K)
+    blocks are touched as few times as possible: the scaling multiplies q (Q x d) and the dropout
+    scale the output (Q x d), the mask is added in place (its gradient is free, unlike
+    ``masked_fill``'s), and a bool mask becomes an additive one of (B, 1, Q, K) first.
+    """
+    scores = torch.matmul(query * scaling, key.transpose(-1, -2))
     if mask is not None:
         if mask.dtype == torch.bool:
-            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-        else:
-            scores = scores + mask
+            low = torch.finfo(scores.dtype).min
+            mask = torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device).masked_fill_(~mask, low)
+        scores = scores.add_(mask)  # the product's output is not saved for its backward
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     keep, scale = keep_mask(probs.shape, p, probs.device)
-    return torch.matmul(probs * keep.to(probs.dtype).mul_(scale), value)
+    return torch.matmul(probs * keep.to(probs.dtype), value).mul_(scale)
 
 
 def fast_dropout_attention(
