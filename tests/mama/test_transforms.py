@@ -38,10 +38,12 @@ def test_random_resized_crop_box_ranges():
         assert 3 / 4 - 0.05 <= cw / ch <= 4 / 3 + 0.05
 
 
-def test_gaussian_blur_matches_scipy():
-    x = np.random.default_rng(2).random((40, 33)).astype(np.float32)
-    got = gaussian_blur(torch.from_numpy(x), 1.5).numpy()
-    ref = ndimage.gaussian_filter(x, 1.5, mode="mirror", truncate=3.0)
+@pytest.mark.parametrize("shape,sigma", [((40, 33), 1.5), ((32, 32), 0.3), ((150, 120), 2.0), ((129, 130), 1.0)])
+def test_gaussian_blur_matches_scipy(shape, sigma):
+    """Both paths (convolutions up to 128 x 128 pixels, shifted slices above) against scipy."""
+    x = np.random.default_rng(2).random(shape).astype(np.float32)
+    got = gaussian_blur(torch.from_numpy(x), sigma).numpy()
+    ref = ndimage.gaussian_filter(x, sigma, mode="mirror", truncate=3.0)
     np.testing.assert_allclose(got, ref, atol=1e-5)
 
 

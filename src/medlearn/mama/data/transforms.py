@@ -91,10 +91,16 @@ def random_resized_crop_box(
     return (h - ch) // 2, (w - cw) // 2, ch, cw
 
 
+BLUR_CONV_MAX_PIXELS = 128 * 128
+"""Images up to this size are blurred with two 1D convolutions, larger ones with shifted slices."""
+
+
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of a (H, W) tensor, kernel radius ceil(3 sigma), reflect padding.
 
-    Computed as a weighted sum of shifted slices (fast for one channel on CPU).
+    Two 1D convolutions for images up to :data:`BLUR_CONV_MAX_PIXELS` (2-4x faster there, one
+    thread, on this machine); a weighted sum of shifted slices for larger ones, where it is 1.2-4x
+    faster than the convolutions. Both compute the same sums (they agree to float round-off).
     """
     r = max(1, int(math.ceil(3 * sigma)))
     r = min(r, (min(x.shape) - 1))
@@ -102,9 +108,13 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
         return x
     t = torch.arange(-r, r + 1, dtype=torch.float64)
     k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = (k / k.sum()).tolist()
+    k = k / k.sum()
     h, w = x.shape
-    p = F.pad(x[None, None], (r, r, r, r), mode="reflect")[0, 0]
+    p = F.pad(x[None, None], (r, r, r, r), mode="reflect")
+    if h * w <= BLUR_CONV_MAX_PIXELS:
+        k = k.to(x.dtype)
+        return F.conv2d(F.conv2d(p, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))[0, 0]
+    k, p = k.tolist(), p[0, 0]
     rows = sum(k[i] * p[:, i : i + w] for i in range(2 * r + 1))
     return sum(k[i] * rows[i : i + h, :] for i in range(2 * r + 1))
 
