@@ -153,3 +153,15 @@ def test_apply_cpu_conv_acts_only_for_auto_and_the_run_keeps_onednn_on():
         with cpu_conv_kernels(EngineConfig(cpu_conv=choice)):
             assert torch.backends.mkldnn.enabled is enabled
         assert torch.backends.mkldnn.enabled == before
+
+
+def test_cpu_autocast_is_left_to_torch():
+    """Under CPU autocast the call goes through ``F.conv2d``, so the output has autocast's dtype."""
+    conv = nn.Conv2d(8, 8, 3, padding=1)
+    use_size_aware_convs(conv)
+    x = torch.randn(2, 8, 6, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = nn.Conv2d.forward(conv, x)
+        got = conv(x)
+    assert got.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(got, want)

@@ -270,3 +270,28 @@ def test_a_run_failing_on_bad_data_leaves_no_run_folder(site_root, tmp_path):
     with pytest.raises(DataError, match="Case01"):
         train_itl(tiny_cfg(root, out, f"data.cache_dir={tmp_path / 'cache'}"))
     assert not out.exists()  # no config.yaml / env.json of a run that never started
+
+
+def test_train_gives_the_network_size_aware_convolutions_for_cpu_conv_auto(site_root, tmp_path, monkeypatch):
+    """``engine.cpu_conv=auto`` reaches the model ``train`` builds (stopped before the first step)."""
+    import medlearn.itl.train as itl_train
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def stop(engine, *modules):  # compile_modules runs right after the swap
+        seen["types"] = {
+            type(m).__name__ for mod in modules for m in mod.modules() if isinstance(m, torch.nn.Conv2d)
+        }
+        raise Stop
+
+    monkeypatch.setattr(itl_train, "compile_modules", stop)
+    for choice, want in (("auto", {"SizeAwareConv2d"}), ("onednn", {"Conv2d"}), ("native", {"Conv2d"})):
+        cfg = tiny_cfg(
+            site_root, tmp_path / choice, f"engine.cpu_conv={choice}", f"data.cache_dir={tmp_path / 'cache'}"
+        )
+        with pytest.raises(Stop):
+            train_itl(cfg)
+        assert seen.pop("types") == want, choice

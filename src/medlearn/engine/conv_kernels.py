@@ -18,7 +18,8 @@ to the process-wide choice otherwise; ``engine.cpu_conv: auto`` turns oneDNN on 
 (:func:`medlearn.engine.loop.cpu_conv_kernels`) and swaps the task's ``nn.Conv2d`` modules in
 place (:func:`apply_cpu_conv`).  Both kernels compute the same convolution (results agree to
 float round-off); the choice depends only on shapes, so a run and its resumption pick alike.
-Off the CPU, and for grouped, dilated or non-zero-padded convolutions, nothing changes.
+Off the CPU, under CPU autocast, and for grouped, dilated or non-zero-padded convolutions,
+nothing changes.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class SizeAwareConv2d(nn.Conv2d):
             and self.dilation == (1, 1)
             and self.padding_mode == "zeros"
             and not isinstance(self.padding, str)
+            and not torch.is_autocast_enabled("cpu")  # autocast picks the dtype through F.conv2d
         )
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
