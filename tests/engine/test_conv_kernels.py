@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -19,6 +20,17 @@ from medlearn.engine.conv_kernels import (
 from medlearn.engine.loop import cpu_conv_kernels
 
 NATIVE, ONEDNN = "aten::_slow_conv2d_forward", "aten::mkldnn_convolution"
+
+
+@contextmanager
+def _onednn(enabled: bool):
+    """torch's process-wide switch for the block (``torch.backends.mkldnn.flags`` also sets TF32 and warns)."""
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = enabled
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
 
 
 def _kernels(fn) -> set[str]:
@@ -81,7 +93,7 @@ def test_size_aware_convolution_equals_f_conv2d(shape, conv, native, channels_la
         y.backward(grad_out)
         return y, xi.grad, module.weight.grad
 
-    with torch.backends.mkldnn.flags(enabled=True):
+    with _onednn(True):
         ops = _kernels(lambda: run(copy.deepcopy(sized)))
         got = run(sized)
     expected_y = F.conv2d(x, ref.weight, ref.bias, ref.stride, ref.padding)
@@ -100,10 +112,10 @@ def test_float32_native_and_onednn_agree_and_the_switch_is_followed():
     use_size_aware_convs(conv)
     small, large = torch.randn(4, 16, 8, 8), torch.randn(8, 16, 32, 32)
     for enabled in (True, False):
-        with torch.backends.mkldnn.flags(enabled=enabled):
+        with _onednn(enabled):
             assert NATIVE in _kernels(lambda: conv(small)) and ONEDNN not in _kernels(lambda: conv(small))
             assert (ONEDNN in _kernels(lambda: conv(large))) is enabled
-    with torch.no_grad(), torch.backends.mkldnn.flags(enabled=True):
+    with torch.no_grad(), _onednn(True):
         torch.testing.assert_close(
             conv(small), F.conv2d(small, conv.weight, conv.bias, padding=1), rtol=1e-5, atol=1e-5
         )
@@ -121,7 +133,7 @@ def test_float32_native_and_onednn_agree_and_the_switch_is_followed():
 def test_what_the_native_kernel_does_not_do_goes_to_torch(conv):
     use_size_aware_convs(conv)
     x = torch.randn(2, 8, 6, 6)
-    with torch.backends.mkldnn.flags(enabled=True):
+    with _onednn(True):
         assert NATIVE not in _kernels(lambda: conv(x))
         torch.testing.assert_close(conv(x), nn.Conv2d.forward(conv, x))
 
