@@ -167,3 +167,15 @@ def test_preset_lookup_order(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDLEARN_CONFIGS", str(tmp_path / "nowhere"))
     with pytest.raises(ConfigError, match=r"preset folder '.*nowhere' not found.*MEDLEARN_CONFIGS"):
         resolve_preset("mrsi", "tiny")
+
+
+def test_a_key_repeated_in_a_config_file_is_refused_with_its_line(tmp_path):
+    """YAML forbids repeated keys; PyYAML would keep the last silently, so a config file is refused."""
+    path = tmp_path / "twice.yaml"
+    path.write_text("optim:\n  lr: 0.1\nengine:\n  cpu_conv: auto\n  cpu_conv: native\n")
+    with pytest.raises(
+        ConfigError, match=r"(?s)twice.yaml' is not valid YAML: key 'cpu_conv' appears twice.*line 5"
+    ):
+        load_config(Cfg, path)
+    path.write_text("optim:\n  lr: 0.1\nengine:\n  cpu_conv: native\n")  # the same keys once each
+    assert load_config(Cfg, path).engine.cpu_conv == "native"

@@ -67,7 +67,19 @@ _WORDS_FALSE = {"no", "off", "n", "false"}
 
 # ------------------------------------------------------------------------------------------ YAML
 class _Yaml12Loader(yaml.SafeLoader):
-    """PyYAML's safe loader with YAML 1.2 booleans (true/false only) and ``1e-4`` read as a float."""
+    """PyYAML's safe loader with YAML 1.2 booleans (true/false only), ``1e-4`` read as a float, and
+    a repeated key refused (PyYAML keeps the last one silently; YAML forbids repeats)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' appears twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _Yaml12Loader.yaml_implicit_resolvers = {
