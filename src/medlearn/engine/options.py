@@ -43,8 +43,8 @@ class EngineConfig:
         cpu_conv: convolution kernels on a CPU while a training command runs (process-wide,
             restored when it ends): ``onednn`` (PyTorch's default), ``native`` (PyTorch's own
             im2col + GEMM kernels, ``torch.backends.mkldnn.enabled = False``) or ``auto`` (oneDNN,
-            except that each 2D convolution of the task's networks whose size favours the native
-            kernel takes it: :mod:`medlearn.engine.conv_kernels`). Measured on a 2-core CPU at one
+            except that each 2D convolution of ITL's and MaMA's networks whose size favours the
+            native kernel takes it: :mod:`medlearn.engine.conv_kernels`; MRSI's are 3D). Measured on a 2-core CPU at one
             thread: ``native`` is faster for tiny feature maps and batches and much slower for
             larger ones and for 3D convolutions; ``auto`` takes the faster of the two per call
             (the ITL ``tiny`` and ``demo`` presets set it). GPUs are not affected.

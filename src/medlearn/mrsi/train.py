@@ -35,7 +35,6 @@ from torch.utils.data import DataLoader, default_collate
 
 from medlearn.engine import ResumableSampler, backward_and_step, build_scheduler, seed_everything
 from medlearn.engine.compile import compile_modules
-from medlearn.engine.conv_kernels import apply_cpu_conv
 from medlearn.engine.loop import LoopSpec, Run, TrainHooks, fit, prepare_run
 from medlearn.errors import ConfigError
 from medlearn.mrsi.config import MRSIConfig
@@ -443,7 +442,6 @@ class MRSIHooks(TrainHooks):
             import torch._functorch.config as functorch_config
 
             functorch_config.donated_buffer = False
-        apply_cpu_conv(cfg.engine, nets.gen, nets.critic)
         compile_modules(cfg.engine, nets.gen)  # not the critic: its gradient penalty is a double backward
         if nets.critic is not None:
             nets.gen, nets.critic, nets.opt_g, nets.opt_d = acc.prepare(
